@@ -1,0 +1,52 @@
+# Two commands do everything on a fresh machine:
+#   make local   run the whole pipeline locally on the sample events and show the Criteo audiences
+#   make test    lint, type-check and run the tests (CI runs this through .ci/run)
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON313 := $(shell command -v python3.13 2>/dev/null || ls -d $(HOME)/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1)
+export SAM_CLI_TELEMETRY := 0
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup local serve test lint typecheck pytest validate build events lambda-image sam-invoke bench bench-quick clean
+
+$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt
+	@test -n "$(PYTHON313)" || { echo "python3.13 is required (pyenv install 3.13, or put python3.13 on PATH)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON313) -m venv $(VENV)
+	@echo "installing development dependencies into $(VENV) ..."
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -c "import boto3, moto, aws_lambda_powertools, requests, samcli" || { echo "dependency install failed"; exit 1; }
+	@touch $@
+
+setup: $(VENV)/.installed ## create .venv with everything the project needs
+
+local: setup ## run the pipeline locally on events/ and print the resulting Criteo audiences
+	$(BIN)/python -m devtools.local_pipeline $(ARGS)
+
+serve: setup ## keep the local stack running for your own curl calls
+	$(BIN)/python -m devtools.local_pipeline --serve $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy layers/common functions devtools
+
+pytest: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest ## everything CI checks
+
+validate: setup
+	sam validate --lint
+
+build: setup
+	sam build
+
+events: setup ## regenerate events/*.json (signed with the local dev secret) from events/payloads/
+	$(BIN)/python -m devtools.sample_events
+
+clean:
+	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache

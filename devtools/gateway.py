@@ -1,0 +1,88 @@
+"""A local HTTP gateway: turns requests into API Gateway HTTP API (v2) events for the ingest handler.
+
+Same shape as `sam local start-api`: `POST /segment` → handler; anything else → 404 like API Gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+from devtools.lambda_runtime import FakeContext
+
+ROUTE = "/segment"
+# API Gateway HTTP APIs refuse payloads over 10 MB before Lambda sees them.
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+
+
+def apigw_v2_event(request: Request, body: bytes) -> dict[str, Any]:
+    """The event API Gateway would build for this request."""
+    try:
+        text, is_base64 = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, is_base64 = base64.b64encode(body).decode(), True
+    headers: dict[str, str] = {}
+    for key, value in request.headers.items():
+        name = key.lower()
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return {
+        "version": "2.0",
+        "routeKey": f"POST {ROUTE}",
+        "rawPath": request.path,
+        "rawQueryString": request.query_string.decode(),
+        "headers": headers,
+        "requestContext": {
+            "http": {"method": request.method, "path": request.path, "sourceIp": request.remote_addr or "127.0.0.1"},
+            "requestId": str(uuid.uuid4()),
+            "stage": "$default",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": text,
+        "isBase64Encoded": is_base64,
+    }
+
+
+class LocalGateway:
+    """Serves the ingest handler on loopback, one invocation at a time (like one warm container)."""
+
+    def __init__(
+        self, handler: Callable[[dict[str, Any], Any], dict[str, Any]], port: int, host: str = "127.0.0.1"
+    ) -> None:
+        self.handler = handler
+        self._lock = threading.Lock()
+        self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True)
+        self.url = f"http://{host}:{self._server.server_port}{ROUTE}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        if request.method != "POST" or request.path != ROUTE:
+            response = Response(json.dumps({"message": "Not Found"}), 404, content_type="application/json")
+            return response(environ, start_response)
+        body = request.get_data(cache=False)
+        if len(body) > MAX_PAYLOAD_BYTES:
+            response = Response(
+                json.dumps({"message": "Request Entity Too Large"}), 413, content_type="application/json"
+            )
+            return response(environ, start_response)
+        with self._lock:
+            result = self.handler(apigw_v2_event(request, body), FakeContext(timeout_seconds=15))
+        response = Response(result.get("body", ""), result.get("statusCode", 200), headers=result.get("headers") or {})
+        return response(environ, start_response)

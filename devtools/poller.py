@@ -1,0 +1,144 @@
+"""Feed the sync handler from SQS the way Lambda's event source mapping does.
+
+Batches up to `batch_size` messages within `window_seconds`, deletes what the handler did not
+report in `batchItemFailures`, and leaves failures to come back (moto's redrive policy moves a
+message to the DLQ after maxReceiveCount receives, like SQS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from devtools.lambda_runtime import FakeContext
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass
+class PollStats:
+    """What the poller did."""
+
+    invocations: int = 0
+    messages: int = 0
+    failed: int = 0
+    crashed: int = 0
+
+
+class SqsPoller:
+    """A local stand-in for the SQS → Lambda event source mapping."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        handler: Handler,
+        batch_size: int = 1000,
+        window_seconds: float = 0.5,
+        retry_delay_seconds: int = 1,
+        function_timeout_seconds: float = 60.0,
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.handler = handler
+        self.batch_size = batch_size
+        self.window_seconds = window_seconds
+        self.retry_delay_seconds = retry_delay_seconds
+        self.function_timeout_seconds = function_timeout_seconds
+        self.stats = PollStats()
+        self.queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+
+    def _gather(self) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.window_seconds
+        while len(messages) < self.batch_size:
+            received = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(10, self.batch_size - len(messages)),
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            messages.extend(received)
+            if not received:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        return messages
+
+    def _event(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": m.get("Attributes", {}),
+                    "messageAttributes": m.get("MessageAttributes", {}),
+                    "md5OfBody": m["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": "us-east-1",
+                }
+                for m in messages
+            ]
+        }
+
+    def poll_once(self) -> int:
+        """One batch through the handler; returns how many messages it held."""
+        messages = self._gather()
+        if not messages:
+            return 0
+        self.stats.invocations += 1
+        self.stats.messages += len(messages)
+        try:
+            result = self.handler(self._event(messages), FakeContext(timeout_seconds=self.function_timeout_seconds))
+            failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
+        except Exception:  # a crashed invocation fails the whole batch, as in Lambda
+            self.stats.crashed += 1
+            failed = {m["MessageId"] for m in messages}
+        self.stats.failed += len(failed)
+        done = [m for m in messages if m["MessageId"] not in failed]
+        for start in range(0, len(done), 10):
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start : start + 10])
+                ],
+            )
+        retry = [m for m in messages if m["MessageId"] in failed]
+        for start in range(0, len(retry), 10):
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": self.retry_delay_seconds}
+                    for i, m in enumerate(retry[start : start + 10])
+                ],
+            )
+        return len(messages)
+
+    def backlog(self) -> int:
+        """Messages visible or in flight in the queue."""
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    def drain(self, max_seconds: float = 120.0) -> None:
+        """Poll until the queue is empty (retries included) or time runs out."""
+        give_up = time.monotonic() + max_seconds
+        while time.monotonic() < give_up:
+            if self.poll_once() == 0 and self.backlog() == 0:
+                return
+        raise TimeoutError(f"queue not drained after {max_seconds}s ({self.backlog()} messages left)")
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set (for the long-running local stack)."""
+        while not stop.is_set():
+            if self.poll_once() == 0:
+                stop.wait(0.2)

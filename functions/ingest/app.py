@@ -1,0 +1,60 @@
+"""Ingest Lambda: Segment webhook (HTTP API v2) → validated audience-change records in SQS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+from audience_sync.config import IngestSettings
+from audience_sync.errors import DependencyUnavailable
+from audience_sync.http import request_from_apigw_v2, to_apigw_v2
+from audience_sync.ingest import IngestService
+from audience_sync.observability import logger, metrics
+from audience_sync.queue import QueueWriter
+from audience_sync.segment import SegmentEventParser
+from audience_sync.webhook_auth import WebhookAuthenticator
+
+settings = IngestSettings.from_env()
+
+
+def load_webhook_secret(force: bool) -> str | None:
+    """The shared secret from Secrets Manager, cached for `SECRET_MAX_AGE_SECONDS`."""
+    try:
+        value = parameters.get_secret(
+            settings.webhook_secret_arn, max_age=settings.secret_max_age_seconds, force_fetch=force
+        )
+    except parameters.exceptions.GetParameterError as error:
+        # Powertools wraps the boto3 error implicitly (it is the exception's __context__).
+        cause = error.__context__
+        if isinstance(cause, ClientError) and cause.response["Error"]["Code"] == "ResourceNotFoundException":
+            return None
+        raise DependencyUnavailable("Secrets Manager is unavailable") from None
+    return str(value).strip() or None
+
+
+service = IngestService(
+    authenticator=WebhookAuthenticator(load_webhook_secret, settings.allow_bearer_token),
+    parser=SegmentEventParser(settings.identifier_types, settings.hash_emails),
+    queue=QueueWriter(boto3.client("sqs"), settings.queue_url),
+    max_body_bytes=settings.max_body_bytes,
+)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Answer one Segment delivery."""
+    outcome = service.handle(request_from_apigw_v2(event))
+    for name, value in outcome.counts.items():
+        metrics.add_metric(
+            name=f"events_{name}" if name in {"accepted", "ignored", "rejected"} else name,
+            unit=MetricUnit.Count,
+            value=value,
+        )
+    logger.info("delivery handled", extra={"status": outcome.response.status, **outcome.counts})
+    return to_apigw_v2(outcome.response)

@@ -1,0 +1,71 @@
+"""Sync Lambda: SQS batches of audience changes → Criteo contact lists (partial batch failures)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import requests
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from audience_sync.config import SyncSettings
+from audience_sync.criteo.auth import CriteoCredentials
+from audience_sync.criteo.client import CriteoClient
+from audience_sync.observability import logger, metrics
+from audience_sync.ordering import OrderingStore
+from audience_sync.queue import QueueWriter
+from audience_sync.sync import AudienceSync, DeadLetters
+
+settings = SyncSettings.from_env()
+# One HTTP session (connection pool) and AWS clients per container, reused by every invocation.
+session = requests.Session()
+store = OrderingStore(boto3.client("dynamodb"), settings.ordering_table, settings.lock_seconds)
+dead_letters = DeadLetters(QueueWriter(boto3.client("sqs"), settings.dead_letter_queue_url))
+
+
+def load_credentials() -> CriteoCredentials | None:
+    """Client id/secret/advertiser id from Secrets Manager (cached); None when unreadable or incomplete."""
+    try:
+        secret = parameters.get_secret(
+            settings.criteo_secret_arn, transform="json", max_age=settings.secret_max_age_seconds
+        )
+    except (parameters.exceptions.GetParameterError, parameters.exceptions.TransformParameterError):
+        logger.error("the Criteo secret can't be read or isn't JSON")
+        return None
+    try:
+        return CriteoCredentials(str(secret["client_id"]), str(secret["client_secret"]), str(secret["advertiser_id"]))
+    except (KeyError, TypeError):
+        logger.error("the Criteo secret needs client_id, client_secret and advertiser_id")
+        return None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Apply one SQS batch; only the messages that could not be finished come back."""
+    messages = [(record["messageId"], record["body"]) for record in event.get("Records", [])]
+    credentials = load_credentials()
+    if credentials is None:
+        metrics.add_metric(name="config_errors", unit=MetricUnit.Count, value=1)
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id, _ in messages]}
+
+    def seconds_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000.0
+
+    criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
+    sync = AudienceSync(criteo, store, dead_letters, settings.audience_name_prefix, seconds_left)
+    report = sync.run(messages)
+    counts = dict(report.counts)
+    counts.update(
+        criteo_calls=criteo.stats.total_calls,
+        criteo_retries=criteo.stats.retries,
+        criteo_throttles=criteo.stats.throttles,
+        token_fetches=criteo.stats.calls.get("token", 0),
+        messages_in=len(messages),
+    )
+    for name, value in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    logger.info("batch synced", extra=counts)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed_message_ids)]}

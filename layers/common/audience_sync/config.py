@@ -1,0 +1,71 @@
+"""Settings read once from the Lambda environment (set by template.yaml or env.json)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from audience_sync.identifiers import IDENTIFIER_TYPES
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What the ingest function needs."""
+
+    queue_url: str
+    webhook_secret_arn: str
+    hash_emails: bool = True
+    identifier_types: frozenset[str] = frozenset({"email", "madid"})
+    allow_bearer_token: bool = False
+    max_body_bytes: int = 5 * 1024 * 1024
+    secret_max_age_seconds: int = 300
+
+    @classmethod
+    def from_env(cls) -> IngestSettings:
+        """Read the settings from environment variables."""
+        types = frozenset(t.strip() for t in os.environ.get("IDENTIFIER_TYPES", "email,madid").split(",") if t.strip())
+        unknown = types - IDENTIFIER_TYPES
+        if unknown:
+            raise ValueError(f"IDENTIFIER_TYPES has unknown types: {sorted(unknown)}")
+        return cls(
+            queue_url=os.environ["QUEUE_URL"],
+            webhook_secret_arn=os.environ["WEBHOOK_SECRET_ARN"],
+            hash_emails=_flag("HASH_EMAILS", True),
+            identifier_types=types,
+            allow_bearer_token=_flag("ALLOW_BEARER_TOKEN", False),
+            max_body_bytes=int(os.environ.get("MAX_BODY_BYTES", 5 * 1024 * 1024)),
+            secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
+        )
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """What the sync function needs."""
+
+    criteo_secret_arn: str
+    ordering_table: str
+    dead_letter_queue_url: str
+    criteo_base_url: str = "https://api.criteo.com"
+    criteo_api_version: str = "2026-07"
+    audience_name_prefix: str = "segment_"
+    secret_max_age_seconds: int = 300
+    lock_seconds: int = 960
+
+    @classmethod
+    def from_env(cls) -> SyncSettings:
+        """Read the settings from environment variables."""
+        return cls(
+            criteo_secret_arn=os.environ["CRITEO_SECRET_ARN"],
+            ordering_table=os.environ["ORDERING_TABLE"],
+            dead_letter_queue_url=os.environ["DEAD_LETTER_QUEUE_URL"],
+            criteo_base_url=os.environ.get("CRITEO_BASE_URL", "https://api.criteo.com").rstrip("/"),
+            criteo_api_version=os.environ.get("CRITEO_API_VERSION", "2026-07"),
+            audience_name_prefix=os.environ.get("AUDIENCE_NAME_PREFIX", "segment_"),
+            secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
+            lock_seconds=int(os.environ.get("AUDIENCE_LOCK_SECONDS", 960)),
+        )

@@ -1,0 +1,1 @@
+"""Criteo Marketing Solutions API: token cache, typed errors, audience-segment and contact-list calls."""

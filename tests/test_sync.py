@@ -1,0 +1,208 @@
+"""Sync handler against moto server and the Criteo emulator: exact membership with the fewest calls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any
+
+import pytest
+
+from audience_sync.records import AudienceChange, pack_changes
+from devtools.lambda_runtime import FakeContext
+from tests.conftest import Stack, make_stack
+from tests.segment_events import audience_event, signed
+
+PREFIX = "segment_"
+
+
+def sha(email: str) -> str:
+    return hashlib.sha256(email.encode()).hexdigest()
+
+
+def members(stack: Stack, audience: str, id_type: str = "email") -> set[str]:
+    segment = stack.criteo.segments().get(PREFIX + audience)
+    return set(segment["members"].get(id_type, set())) if segment else set()
+
+
+def enqueue(stack: Stack, changes: list[AudienceChange], per_message: int = 1000) -> None:
+    """Put records on the queue the way ingest does (packed messages)."""
+    sqs = stack.aws.client("sqs")
+    bodies = []
+    for start in range(0, len(changes), per_message):
+        bodies.extend(pack_changes(changes[start : start + per_message], max_bytes=1024 * 1024))
+    for body in bodies:
+        sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody=body)
+
+
+def change(audience: str, op: str, email: str, ts: int, mid: str) -> AudienceChange:
+    return AudienceChange(audience, "", op, "email", sha(email), ts, mid)
+
+
+def test_sample_flow_ingest_to_criteo(stack: Stack) -> None:
+    events = [
+        audience_event("e1", "cart", True, email="a@example.com", madid="6D92078A-8246-4BA4-AE5B-76104861E7DC"),
+        audience_event("e2", "cart", True, email="b@example.com"),
+        audience_event("e3", "vip", True, email="c@example.com"),
+        audience_event("e4", "cart", False, email="b@example.com", timestamp="2026-11-20T11:00:00Z"),
+    ]
+    assert stack.invoke_ingest(signed(events))["statusCode"] == 200
+    stack.poller().drain()
+    assert members(stack, "cart") == {sha("a@example.com")}
+    assert members(stack, "cart", "madid") == {"6d92078a-8246-4ba4-ae5b-76104861e7dc"}
+    assert members(stack, "vip") == {sha("c@example.com")}
+    # 1 token + 1 search + 2 creates + 3 PATCHes (cart/add/email, cart/add/madid, vip/add/email);
+    # b's enter and exit net to one remove, which is its own PATCH.
+    assert stack.criteo.count("token") == 1
+    assert stack.criteo.count("search") == 1
+    assert stack.criteo.count("create") == 2
+    assert stack.criteo.count("patch") == 4
+
+
+def test_call_count_is_the_minimum_for_120k_adds_and_10_removes(stack: Stack) -> None:
+    adds = [change("big", "add", f"user{i}@example.com", 1000 + i, f"a{i}") for i in range(120_000)]
+    removes = [change("small", "remove", f"gone{i}@example.com", 1000 + i, f"r{i}") for i in range(10)]
+    enqueue(stack, adds + removes, per_message=5000)
+    stack.poller(batch_size=10_000).drain()
+    assert stack.criteo.count("patch") == 3 + 1
+    assert len(members(stack, "big")) == 120_000
+    assert stack.criteo.count("token") == 1
+
+
+def test_token_fetched_once_across_warm_invocations(stack: Stack) -> None:
+    for i in range(5):
+        enqueue(stack, [change("a", "add", f"u{i}@example.com", 1000 + i, f"m{i}")])
+        stack.poller().drain()
+    assert stack.criteo.count("token") == 1
+    assert stack.criteo.count("search") == 1
+    assert stack.criteo.count("patch") == 5
+
+
+def test_exit_then_late_enter_in_a_later_batch_stays_out(stack: Stack) -> None:
+    enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
+    stack.poller().drain()
+    enqueue(stack, [change("a", "remove", "u@example.com", 3000, "m3")])
+    stack.poller().drain()
+    enqueue(stack, [change("a", "add", "u@example.com", 2000, "m2")])  # delivered late
+    stack.poller().drain()
+    assert members(stack, "a") == set()
+
+
+def truth(changes: list[AudienceChange]) -> dict[str, set[str]]:
+    newest: dict[tuple[str, str], AudienceChange] = {}
+    for c in changes:
+        key = (c.audience_key, c.identifier)
+        if key not in newest or (c.timestamp_ms, c.message_id) > (newest[key].timestamp_ms, newest[key].message_id):
+            newest[key] = c
+    result: dict[str, set[str]] = {}
+    for (audience, identifier), c in newest.items():
+        result.setdefault(audience, set())
+        if c.operation == "add":
+            result[audience].add(identifier)
+    return result
+
+
+def test_shuffled_duplicated_split_stream_with_faults_ends_exact(stack: Stack) -> None:
+    rng = random.Random(7)
+    changes = []
+    for i in range(3000):
+        audience = f"aud{i % 5}"
+        email = f"user{rng.randrange(600)}@example.com"
+        changes.append(change(audience, rng.choice(["add", "remove"]), email, rng.randrange(10**6), f"m{i}"))
+    stream = changes + rng.sample(changes, 600)  # duplicates
+    rng.shuffle(stream)
+    stack.criteo.faults.error_rate = 0.2
+    stack.criteo.faults.error_status = 503
+    stack.criteo.faults.seed = 3
+    stack.criteo.faults.fail_next = [429, 503]
+    for start in range(0, len(stream), 400):
+        enqueue(stack, stream[start : start + 400], per_message=100)
+        if start == 1200:
+            stack.criteo.expire_tokens()
+        stack.poller(batch_size=rng.choice([3, 10, 40])).drain()
+    expected = truth(changes)
+    for audience, emails in expected.items():
+        assert members(stack, audience) == emails, audience
+    assert stack.queued_bodies(stack.aws.dead_letter_queue_url) == []
+
+
+def test_criteo_validation_error_parks_records_in_dlq_with_reason(stack: Stack) -> None:
+    stack.criteo.faults.fail_next = [400]
+    enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
+    stack.poller().drain()
+    parked = stack.queued_bodies(stack.aws.dead_letter_queue_url)
+    assert len(parked) == 1
+    assert "400" in parked[0]["attributes"]["reason"]["StringValue"]
+    assert parked[0]["body"]["r"][0][4] == sha("u@example.com")
+
+
+def test_poison_message_goes_to_dlq_and_the_rest_syncs(stack: Stack) -> None:
+    sqs = stack.aws.client("sqs")
+    sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody="not json at all")
+    enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
+    stack.poller().drain()
+    assert members(stack, "a") == {sha("u@example.com")}
+    parked = stack.aws.client("sqs").receive_message(
+        QueueUrl=stack.aws.dead_letter_queue_url, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert parked[0]["Body"] == "not json at all"
+    assert "undecodable" in parked[0]["MessageAttributes"]["reason"]["StringValue"]
+
+
+def test_outage_returns_only_failed_messages_and_retries_later(stack: Stack) -> None:
+    enqueue(stack, [change("a", "add", "u1@example.com", 1000, "m1")])
+    stack.poller().drain()
+    stack.criteo.faults.down = True
+    enqueue(stack, [change("a", "add", "u2@example.com", 1000, "m2")])
+    sqs = stack.aws.client("sqs")
+    messages = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
+    event = {"Records": [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]}
+    result = stack.sync.handler(event, FakeContext(timeout_seconds=8))
+    assert result == {"batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]}
+    stack.criteo.faults.down = False
+    sqs.change_message_visibility(
+        QueueUrl=stack.aws.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
+    )
+    stack.poller().drain()
+    assert members(stack, "a") == {sha("u1@example.com"), sha("u2@example.com")}
+
+
+def test_deleted_segment_is_re_resolved_once(stack: Stack) -> None:
+    enqueue(stack, [change("a", "add", "u1@example.com", 1000, "m1")])
+    stack.poller().drain()
+    stack.criteo.reset()  # the segment disappears on Criteo's side; our cache still has its id
+    enqueue(stack, [change("a", "add", "u2@example.com", 2000, "m2")])
+    stack.poller().drain()
+    assert members(stack, "a") == {sha("u2@example.com")}
+    # the PATCH to the cached id got 404, then one search, one create and the PATCH again
+    assert (stack.criteo.count("patch"), stack.criteo.count("search"), stack.criteo.count("create")) == (2, 1, 1)
+
+
+def test_invalid_client_is_a_configuration_error_not_a_crash(moto_server, criteo, capsys) -> None:  # type: ignore[no-untyped-def]
+    stack = make_stack(
+        moto_server,
+        criteo,
+        criteo_credentials={"client_id": "x", "client_secret": "s3cr3t-value", "advertiser_id": "12345"},
+    )
+    enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
+    sqs = stack.aws.client("sqs")
+    messages = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
+    event = {"Records": [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]}
+    result = stack.sync.handler(event, FakeContext(timeout_seconds=10))
+    assert result["batchItemFailures"] == [{"itemIdentifier": messages[0]["MessageId"]}]
+    output = capsys.readouterr().out
+    assert "config_errors" in output and "Criteo credentials rejected" in output
+    assert "s3cr3t-value" not in output
+
+
+def test_invalid_identifiers_are_counted_not_retried(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = AudienceChange("a", "", "add", "email", "definitely not valid", 1000, "m1")
+    enqueue(stack, [bad, change("a", "add", "ok@example.com", 1000, "m2")])
+    stack.poller().drain()
+    metrics: list[dict[str, Any]] = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
+    ]
+    assert sum(m.get("invalid_identifiers", 0) for m in metrics) == 1
+    assert stack.criteo.count("patch") == 1
+    assert "definitely not valid" not in json.dumps(metrics)
