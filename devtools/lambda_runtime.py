@@ -13,6 +13,8 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "layers" / "common"
+# The environment before any function was loaded: each load starts from it, like a new container.
+_HOST_ENV = dict(os.environ)
 FUNCTIONS = {"ingest": ROOT / "functions" / "ingest" / "app.py", "sync": ROOT / "functions" / "sync" / "app.py"}
 
 
@@ -34,6 +36,8 @@ class FakeContext:
 
 def load_function(name: str, env: dict[str, str]) -> ModuleType:
     """Import functions/<name>/app.py as a cold start would: environment first, then a fresh module."""
+    os.environ.clear()
+    os.environ.update(_HOST_ENV)
     os.environ.update(env)
     if str(LAYER) not in sys.path:
         sys.path.insert(0, str(LAYER))

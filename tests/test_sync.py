@@ -171,15 +171,15 @@ def test_outage_returns_only_failed_messages_and_retries_later(stack: Stack) -> 
 def test_deleted_segment_is_re_resolved_once(stack: Stack) -> None:
     enqueue(stack, [change("a", "add", "u1@example.com", 1000, "m1")])
     stack.poller().drain()
-    stack.criteo.reset()  # the segment disappears on Criteo's side; our cache still has its id
+    stack.criteo.delete_segment(PREFIX + "a")  # gone on Criteo's side; our cache still has its id
     enqueue(stack, [change("a", "add", "u2@example.com", 2000, "m2")])
     stack.poller().drain()
     assert members(stack, "a") == {sha("u2@example.com")}
     # the PATCH to the cached id got 404, then one search, one create and the PATCH again
-    assert (stack.criteo.count("patch"), stack.criteo.count("search"), stack.criteo.count("create")) == (2, 1, 1)
+    assert (stack.criteo.count("patch"), stack.criteo.count("search"), stack.criteo.count("create")) == (3, 2, 2)
 
 
-def test_invalid_client_is_a_configuration_error_not_a_crash(moto_server, criteo, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_client_is_a_configuration_error_not_a_crash(moto_server, criteo, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack(
         moto_server,
         criteo,
@@ -191,8 +191,8 @@ def test_invalid_client_is_a_configuration_error_not_a_crash(moto_server, criteo
     event = {"Records": [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]}
     result = stack.sync.handler(event, FakeContext(timeout_seconds=10))
     assert result["batchItemFailures"] == [{"itemIdentifier": messages[0]["MessageId"]}]
-    output = capsys.readouterr().out
-    assert "config_errors" in output and "Criteo credentials rejected" in output
+    output = capsys.readouterr().out + caplog.text
+    assert '"config_errors":[1.0]' in output and "Criteo credentials rejected" in output
     assert "s3cr3t-value" not in output
 
 
@@ -203,6 +203,6 @@ def test_invalid_identifiers_are_counted_not_retried(stack: Stack, capsys: pytes
     metrics: list[dict[str, Any]] = [
         json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
     ]
-    assert sum(m.get("invalid_identifiers", 0) for m in metrics) == 1
+    assert sum(sum(m.get("invalid_identifiers", [0])) for m in metrics) == 1
     assert stack.criteo.count("patch") == 1
     assert "definitely not valid" not in json.dumps(metrics)

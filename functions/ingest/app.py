@@ -50,11 +50,7 @@ service = IngestService(
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Answer one Segment delivery."""
     outcome = service.handle(request_from_apigw_v2(event))
-    for name, value in outcome.counts.items():
-        metrics.add_metric(
-            name=f"events_{name}" if name in {"accepted", "ignored", "rejected"} else name,
-            unit=MetricUnit.Count,
-            value=value,
-        )
-    logger.info("delivery handled", extra={"status": outcome.response.status, **outcome.counts})
+    for name, value in outcome.metrics.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    logger.info("delivery handled", extra={"status": outcome.response.status, **outcome.metrics})
     return to_apigw_v2(outcome.response)

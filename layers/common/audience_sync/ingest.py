@@ -18,7 +18,7 @@ class IngestOutcome:
     """What happened to a request, for the answer, the logs and the metrics (no PII)."""
 
     response: HttpResponse
-    counts: dict[str, int]
+    metrics: dict[str, int]
 
 
 class IngestService:
@@ -37,11 +37,13 @@ class IngestService:
         try:
             return self._handle(request)
         except RequestError as error:
-            return IngestOutcome(error_response(error.status, error.code, str(error)), {})
+            return IngestOutcome(error_response(error.status, error.code, str(error)), {"bad_requests": 1})
         except Unauthorized as error:
-            return IngestOutcome(error_response(401, error.code, str(error)), {})
+            return IngestOutcome(error_response(401, error.code, str(error)), {"unauthorized_requests": 1})
         except ConfigurationError as error:
-            return IngestOutcome(error_response(503, "not_configured", str(error)), {"config_errors": 1})
+            return IngestOutcome(
+                error_response(503, "not_configured", str(error)), {"config_errors": 1}
+            )  # alarm-worthy
         except DependencyUnavailable:
             message = "a dependency of the service is unavailable; retry later"
             return IngestOutcome(error_response(503, "service_unavailable", message), {"dependency_errors": 1})
@@ -67,7 +69,14 @@ class IngestService:
             "messages": len(bodies),
         }
         payload: dict[str, Any] = {**counts, "errors": result.rejections}
+        metrics = {
+            "events_accepted": result.accepted,
+            "events_ignored": result.ignored,
+            "events_rejected": len(result.rejections),
+            "records_queued": len(result.changes),
+            "messages_queued": len(bodies),
+        }
         status = 400 if result.rejections and not (result.accepted or result.ignored) else 200
         if status == 400:
             payload["error"] = {"code": "no_valid_events", "message": "no event in the request could be accepted"}
-        return IngestOutcome(HttpResponse(status, payload), counts)
+        return IngestOutcome(HttpResponse(status, payload), metrics)

@@ -1,0 +1,37 @@
+"""`make local` from a clean state: its printed summary matches the emulator's final state."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_local_pipeline_replays_samples_and_prints_the_audiences() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devtools.local_pipeline", "--gateway-port", "0", "--window", "0.3", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"batch_mixed\.json\s+200\s+accepted 8, ignored 2, rejected 0", out)
+    assert re.search(r"\(bad signature\)\s+401\s+invalid_signature", out)
+    assert re.search(r"\(malformed JSON\)\s+400\s+malformed_json", out)
+    summary = json.loads(out[out.index("\n{") :])
+    audiences = summary["audiences"]
+    # From events/payloads: cart gets jane (email+madid), max (email), b02 (madid); john exits (never was in).
+    assert audiences["segment_cart_abandoners_7d"]["members"] == {"email": 2, "madid": 2}
+    assert audiences["segment_high_value_buyers"]["members"] == {"email": 2, "madid": 1}
+    assert audiences["segment_lapsed_subscribers"]["members"] == {"email": 1}
+    assert audiences["segment_vip_customers"]["members"] == {"email": 1}
+    assert summary["dead_letters"] == {}
+    assert summary["criteo_calls"]["token"] == 1
+    for name, row in audiences.items():
+        assert f"{name}" in out and str(row["id"]) in out
