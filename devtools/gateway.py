@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from devtools.http_server import BackgroundServer
 from devtools.lambda_runtime import FakeContext
 
 ROUTE = "/segment"
@@ -58,18 +58,9 @@ class LocalGateway:
     ) -> None:
         self.handler = handler
         self._lock = threading.Lock()
-        self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True)
-        self.url = f"http://{host}:{self._server.server_port}{ROUTE}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def start(self) -> None:
-        """Serve in a background thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
+        self.server = BackgroundServer(self._app, port, host)
+        self.url = f"http://{host}:{self.server.port}{ROUTE}"
+        self.start, self.stop = self.server.start, self.server.stop
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)

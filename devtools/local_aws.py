@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
 
+ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 DEV_WEBHOOK_SECRET = "local-dev-webhook-secret"
 DEV_CRITEO = {"client_id": "local-dev-client", "client_secret": "local-dev-client-secret", "advertiser_id": "12345"}
@@ -65,12 +74,12 @@ class LocalAws:
 
 
 class MotoServer:
-    """A moto server on loopback (werkzeug request logging off: it halves throughput)."""
+    """moto in server mode in its own process on loopback (own core, no GIL shared with the code under test)."""
 
     def __init__(self, port: int = 0) -> None:
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> MotoServer:
         self.start()
@@ -79,16 +88,43 @@ class MotoServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        """Start serving in a background thread."""
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start the server process and wait until it answers."""
         for key, value in DUMMY_CREDENTIALS.items():
             os.environ.setdefault(key, value)
-        self._server.start()
+        command = [sys.executable, "-m", "devtools.local_aws", "--port", str(self.port)]
+        self._process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+        give_up = time.monotonic() + timeout_s
+        while time.monotonic() < give_up:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self._process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"moto server did not answer on port {self.port}")
 
     def stop(self) -> None:
-        """Stop serving."""
-        self._server.stop()
+        """Stop the server process."""
+        if self._process and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def serve(port: int) -> None:
+    """Run moto's threaded server in this process until SIGTERM (werkzeug request logs off: they halve throughput)."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.stop()
 
 
 def provision(
@@ -127,3 +163,9 @@ def provision(
         BillingMode="PAY_PER_REQUEST",
     )
     return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="moto server on loopback")
+    parser.add_argument("--port", type=int, required=True)
+    serve(parser.parse_args().port)

@@ -11,12 +11,12 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from devtools.criteo_emulator.faults import Faults
 from devtools.criteo_emulator.spec import operation_schema, problems
 from devtools.criteo_emulator.state import VALIDATORS, AccountState, Segment
+from devtools.http_server import BackgroundServer
 
 MAX_IDENTIFIERS = 50_000
 SEARCH_MAX_LIMIT = 100
@@ -65,20 +65,18 @@ class CriteoEmulator:
         self.patch_log: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
         self._log_lock = threading.Lock()
-        self._server: BaseWSGIServer = make_server(host, port, self._wsgi, threaded=True)
-        self.url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.server = BackgroundServer(self._wsgi, port, host)
+        self.url = f"http://{host}:{self.server.port}"
 
     # --- lifecycle and inspection ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread.start()
+        self.server.start()
 
     def stop(self) -> None:
         """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
+        self.server.stop()
 
     def __enter__(self) -> CriteoEmulator:
         self.start()
@@ -136,7 +134,7 @@ class CriteoEmulator:
         body: dict[str, Any]
         headers: dict[str, str]
         try:
-            _, status, body, headers = self._dispatch(request)
+            status, body, headers = self._dispatch(request)
         except _Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         if not request.path.startswith("/__admin"):
@@ -150,14 +148,14 @@ class CriteoEmulator:
             response.headers["Sunset"] = "Wed, 01 Sep 2027 00:00:00 GMT"
         return response(environ, start_response)
 
-    def _dispatch(self, request: Request) -> tuple[str, int, dict[str, Any], dict[str, str]]:
+    def _dispatch(self, request: Request) -> tuple[int, dict[str, Any], dict[str, str]]:
         path = request.path
         if path.startswith("/__admin/"):
-            return ("admin", *self._admin(request))
+            return self._admin(request)
         if path == "/oauth2/token" and request.method == "POST":
             if self.faults.token_errors:
                 self._inject()
-            return ("token", *self._token(request), {})
+            return (*self._token(request), {})
         prefix = f"/{self.api_version}/marketing-solutions"
         if not path.startswith(prefix + "/audience-segments"):
             raise problem(404, "validation", "route-not-found", "no such route", path)
@@ -172,18 +170,18 @@ class CriteoEmulator:
         self._inject()
         route = path[len(prefix) :]
         if route == "/audience-segments/search" and request.method == "POST":
-            return ("search", 200, self._search(request), headers)
+            return (200, self._search(request), headers)
         if route == "/audience-segments/create" and request.method == "POST":
-            return ("create", 200, self._create(request), headers)
+            return (200, self._create(request), headers)
         match = _CONTACT_LIST.search(route)
         if match and not match.group(2) and request.method in ("PATCH", "DELETE"):
             segment = self._own_segment(match.group(1), path)
             if request.method == "PATCH":
-                return ("patch", 200, self._patch(request, segment), headers)
+                return (200, self._patch(request, segment), headers)
             with self.state.lock:
                 segment.members.clear()
             data = {"id": segment.id, "type": "ContactlistAmendment"}
-            return ("delete", 200, {"data": data, "errors": [], "warnings": []}, headers)
+            return (200, {"data": data, "errors": [], "warnings": []}, headers)
         if match and match.group(2) and request.method == "GET":
             segment = self._own_segment(match.group(1), path)
             count = sum(len(v) for v in segment.members.values())
@@ -193,7 +191,7 @@ class CriteoEmulator:
                 "errors": [],
                 "warnings": [],
             }
-            return ("statistics", 200, body, headers)
+            return (200, body, headers)
         raise problem(404, "validation", "route-not-found", "no such route", path)
 
     def _inject(self) -> None:
@@ -205,7 +203,7 @@ class CriteoEmulator:
             reply.headers = {
                 "x-ratelimit-limit": "250",
                 "x-ratelimit-remaining": "0",
-                "x-ratelimit-reset": str(int(time.time()) + 1),
+                "x-ratelimit-reset": str(int(time.time()) + 2),
             }
             raise reply
         if status == 401:

@@ -1,0 +1,98 @@
+"""Our Criteo client against the emulator: races, foreign segments, rate limits, time budget, tokens."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import requests
+
+from audience_sync.criteo.auth import CriteoCredentials, TokenCache
+from audience_sync.criteo.client import CriteoClient
+from audience_sync.criteo.errors import InvalidCredentials, RetryLater, SegmentGone
+from audience_sync.criteo.segments import SegmentDirectory
+from devtools.criteo_emulator import CriteoEmulator
+from devtools.local_aws import DEV_CRITEO
+
+CREDENTIALS = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
+
+
+def client(
+    criteo: CriteoEmulator, seconds_left: float = 60.0, credentials: CriteoCredentials = CREDENTIALS
+) -> CriteoClient:
+    return CriteoClient(
+        requests.Session(), criteo.url, "2026-07", credentials, lambda: seconds_left, tokens=TokenCache()
+    )
+
+
+def test_create_race_falls_back_to_the_winners_segment(criteo: CriteoEmulator) -> None:
+    directory = SegmentDirectory(client(criteo), cache={})
+    directory.resolve("segment_other", "x")  # this container has searched once already
+    winner = criteo.state.create(CREDENTIALS.advertiser_id, "segment_raced", "created by another Lambda")
+    assert winner is not None
+    assert directory.resolve("segment_raced", "x") == winner.id
+    assert (criteo.count("create"), criteo.count("search")) == (2, 2)
+
+
+def test_segment_of_another_advertiser_is_gone_for_us(criteo: CriteoEmulator) -> None:
+    foreign = criteo.add_foreign_segment("segment_theirs")
+    with pytest.raises(SegmentGone):
+        client(criteo).patch_contact_list(foreign, "add", "email", ["a@example.com"])
+
+
+def test_rate_limit_waits_for_the_reset_then_succeeds(criteo: CriteoEmulator) -> None:
+    api = client(criteo)
+    segment = SegmentDirectory(api, cache={}).resolve("segment_a", "x")
+    criteo.faults.fail_next = [429]
+    started = time.monotonic()
+    result = api.patch_contact_list(segment, "add", "email", ["a@example.com"])
+    assert result["nbValidIdentifiers"] == 1
+    assert time.monotonic() - started >= 1.0 and api.stats.throttles == 1  # reset is 1-2 s ahead
+
+
+def test_rate_limit_longer_than_the_time_left_hands_back(criteo: CriteoEmulator) -> None:
+    api = client(criteo, seconds_left=0.2)
+    criteo.faults.fail_next = [429]
+    with pytest.raises(RetryLater):
+        list(api.search_contact_lists())
+
+
+def test_outage_gives_up_within_the_time_budget(criteo: CriteoEmulator) -> None:
+    criteo.faults.down = True
+    api = client(criteo, seconds_left=2.0)
+    started = time.monotonic()
+    with pytest.raises(RetryLater):
+        list(api.search_contact_lists())
+    assert time.monotonic() - started < 3 and api.stats.retries >= 1
+
+
+def test_expired_token_is_refreshed_once(criteo: CriteoEmulator) -> None:
+    api = client(criteo)
+    list(api.search_contact_lists())
+    criteo.expire_tokens()
+    list(api.search_contact_lists())
+    assert api.stats.calls["token"] == 2 and api.stats.token_refreshes == 1
+
+
+def test_invalid_client(criteo: CriteoEmulator) -> None:
+    api = client(criteo, credentials=CriteoCredentials("x", "wrong", "12345"))
+    with pytest.raises(InvalidCredentials) as error:
+        list(api.search_contact_lists())
+    assert "wrong" not in str(error.value)
+    assert "wrong" not in repr(api.credentials)
+
+
+def test_deprecation_header_is_logged(criteo: CriteoEmulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    criteo.faults.deprecated = True
+    list(client(criteo).search_contact_lists())
+    assert "deprecated" in caplog.text
+
+
+def test_search_pages_through_every_segment(criteo: CriteoEmulator) -> None:
+    for i in range(230):
+        criteo.state.create(CREDENTIALS.advertiser_id, f"segment_{i}", "")
+    api = client(criteo)
+    assert len(dict(api.search_contact_lists())) == 230
+    assert api.stats.calls["search"] == 3
