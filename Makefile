@@ -9,7 +9,9 @@ PYTHON313 := $(shell command -v python3.13 2>/dev/null || ls -d $(HOME)/.pyenv/v
 export SAM_CLI_TELEMETRY := 0
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup local serve test lint typecheck pytest validate build events lambda-image sam-invoke bench bench-quick clean
+LAMBDA_ARCH ?= arm64
+
+.PHONY: setup local serve test lint typecheck pytest validate build events lambda-image sam-invoke clean
 
 $(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt
 	@test -n "$(PYTHON313)" || { echo "python3.13 is required (pyenv install 3.13, or put python3.13 on PATH)"; exit 1; }
@@ -47,6 +49,13 @@ build: setup
 
 events: setup ## regenerate events/*.json (signed with the local dev secret) from events/payloads/
 	$(BIN)/python -m devtools.sample_events
+
+lambda-image: ## Docker engine + an offline python3.13 Lambda image (local/lambda-python:3.13-$(LAMBDA_ARCH))
+	bash scripts/docker-up.sh
+	bash scripts/build-lambda-image.sh $(LAMBDA_ARCH)
+
+sam-invoke: setup lambda-image ## sam local invoke of both functions against moto + the emulator, asserted
+	$(BIN)/python -m pytest tests/test_sam_local_invoke.py
 
 clean:
 	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -25,6 +25,8 @@ class StackSettings:
     window_seconds: float = 1.0
     max_receive_count: int = 3
     retry_delay_seconds: int = 1
+    with_poller: bool = True
+    log_level: str = "WARNING"
 
 
 class LocalStack:
@@ -62,7 +64,9 @@ class LocalStack:
         )
         self.criteo.start()
         self._started.append(self.criteo)
-        env = self.aws.function_env(self.criteo.url, POWERTOOLS_LOG_LEVEL="WARNING", POWERTOOLS_METRICS_DISABLED="true")
+        env = self.aws.function_env(
+            self.criteo.url, POWERTOOLS_LOG_LEVEL=self.settings.log_level, POWERTOOLS_METRICS_DISABLED="true"
+        )
         self.ingest: ModuleType = load_function("ingest", env)
         self.sync: ModuleType = load_function("sync", env)
         self.gateway = LocalGateway(self.ingest.handler, self.settings.gateway_port)
@@ -76,8 +80,9 @@ class LocalStack:
             window_seconds=self.settings.window_seconds,
             retry_delay_seconds=self.settings.retry_delay_seconds,
         )
-        self._poller_thread = threading.Thread(target=self.poller.run, args=(self._stop,), daemon=True)
-        self._poller_thread.start()
+        if self.settings.with_poller:
+            self._poller_thread = threading.Thread(target=self.poller.run, args=(self._stop,), daemon=True)
+            self._poller_thread.start()
 
     def wait_until_drained(self, max_seconds: float = 300.0) -> None:
         """Block until the queue is empty and the poller is idle."""

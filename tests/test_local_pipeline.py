@@ -13,7 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_local_pipeline_replays_samples_and_prints_the_audiences() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "devtools.local_pipeline", "--gateway-port", "0", "--window", "0.3", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "devtools.local_pipeline",
+            "--gateway-port",
+            "0",
+            "--moto-port",
+            "0",
+            "--criteo-port",
+            "0",
+            "--window",
+            "0.3",
+            "--json",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

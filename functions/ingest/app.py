@@ -50,6 +50,7 @@ service = IngestService(
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Answer one Segment delivery."""
     outcome = service.handle(request_from_apigw_v2(event))
+    metrics.add_metric(name="requests", unit=MetricUnit.Count, value=1)
     for name, value in outcome.metrics.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     logger.info("delivery handled", extra={"status": outcome.response.status, **outcome.metrics})

@@ -64,8 +64,18 @@ def normalize_identity_link(raw: str) -> str:
     return value
 
 
+MAX_RAW_LENGTH = 512
+
+
 def normalize(id_type: str, raw: str, hash_pii: bool) -> str:
     """Normalize one identifier of the given Criteo identifier type."""
+    if len(raw) > MAX_RAW_LENGTH:
+        raise InvalidIdentifier(f"{id_type} is longer than {MAX_RAW_LENGTH} characters")
+    if not raw.isascii():
+        try:
+            raw.encode()
+        except UnicodeEncodeError:
+            raise InvalidIdentifier(f"{id_type} is not valid Unicode") from None
     if id_type == EMAIL:
         return normalize_email(raw, hash_pii)
     if id_type == MADID:

@@ -40,7 +40,8 @@ class PoisonMessage(ValueError):
 
 
 def _encode(change: AudienceChange) -> str:
-    return json.dumps(list(change), separators=(",", ":"), ensure_ascii=False)
+    # ASCII-only JSON: byte size = length, and lone surrogates from the input survive as escapes.
+    return json.dumps(list(change), separators=(",", ":"))
 
 
 def pack_changes(changes: Iterable[AudienceChange], max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[str]:
@@ -51,7 +52,7 @@ def pack_changes(changes: Iterable[AudienceChange], max_bytes: int = MAX_MESSAGE
     size = 0
     for change in changes:
         encoded = _encode(change)
-        length = len(encoded.encode()) + 1
+        length = len(encoded) + 1
         if parts and size + length > budget:
             yield head + ",".join(parts) + tail
             parts, size = [], 0

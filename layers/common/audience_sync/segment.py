@@ -46,6 +46,8 @@ def parse_events(body: bytes | str) -> list[Any]:
     """A single event, a JSON array, or Segment's `{"batch": [...]}` envelope → list of events."""
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise RequestError(400, "malformed_json", "body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(400, "malformed_json", f"body is not valid JSON: {getattr(error, 'msg', error)}") from None
     if isinstance(document, dict) and "batch" in document:
@@ -140,6 +142,8 @@ class SegmentEventParser:
         message_id = event.get("messageId")
         if not isinstance(message_id, str) or not message_id.strip():
             raise EventRejected("`messageId` is missing or not a string")
+        if len(message_id) > MAX_KEY_LENGTH:
+            raise EventRejected(f"`messageId` is longer than {MAX_KEY_LENGTH} characters")
         audience_key, operation = _audience_and_operation(event)
         if len(audience_key) > MAX_KEY_LENGTH:
             raise EventRejected(f"audience key is longer than {MAX_KEY_LENGTH} characters")
@@ -174,13 +178,8 @@ class SegmentEventParser:
                 continue
             except EventRejected as error:
                 message_id = event.get("messageId") if isinstance(event, dict) else None
-                result.rejections.append(
-                    {
-                        "index": index,
-                        "messageId": message_id if isinstance(message_id, str) else None,
-                        "reason": str(error),
-                    }
-                )
+                message_id = message_id[:MAX_KEY_LENGTH] if isinstance(message_id, str) else None
+                result.rejections.append({"index": index, "messageId": message_id, "reason": str(error)})
                 continue
             result.accepted += 1
             result.changes.extend(changes)

@@ -65,6 +65,9 @@ class WebhookAuthenticator:
         return secret
 
     def _matches(self, secret: str, body: bytes, signature: str, token: str) -> bool:
-        if signature and hmac.compare_digest(signature_of(body, secret), signature):
+        # Bytes, not str: compare_digest refuses non-ASCII strings, and the header is attacker-controlled.
+        if signature and hmac.compare_digest(signature_of(body, secret).encode(), signature.encode(errors="replace")):
             return True
-        return bool(self._allow_bearer and token and hmac.compare_digest(token.encode(), secret.encode()))
+        return bool(
+            self._allow_bearer and token and hmac.compare_digest(token.encode(errors="replace"), secret.encode())
+        )

@@ -1,0 +1,101 @@
+"""`sam local invoke` of both functions inside a Lambda container, against moto and the emulator on loopback.
+
+Needs a Docker engine and the offline image (`make lambda-image`); CI builds both first (CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.criteo_emulator import CriteoEmulator
+from devtools.local_aws import DEV_CRITEO, LocalAws, MotoServer, provision
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("LAMBDA_IMAGE", "local/lambda-python:3.13-arm64")
+SAM = str(Path(sys.executable).parent / "sam")
+ENV = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def _image_ready() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
+
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        not _image_ready() and os.environ.get("CI") != "true",
+        reason=f"needs a Docker engine and {IMAGE} (make lambda-image)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    build_dir = tmp_path_factory.mktemp("sam") / "build"
+    result = subprocess.run(
+        [SAM, "build", "--build-dir", str(build_dir)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    return build_dir
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[tuple[LocalAws, CriteoEmulator]]:
+    """moto and the emulator on the ports env.json names."""
+    with MotoServer(port=4566) as moto, CriteoEmulator(port=8642, **{k: DEV_CRITEO[k] for k in DEV_CRITEO}) as criteo:
+        yield provision(moto.endpoint, prefix="local"), criteo
+
+
+def invoke(built: Path, function: str, event: str) -> dict[str, object]:
+    command = [
+        SAM,
+        "local",
+        "invoke",
+        function,
+        "--template",
+        str(built / "template.yaml"),
+        "--event",
+        f"events/{event}",
+        "--env-vars",
+        "env.json",
+        "--docker-network",
+        "host",
+        "--invoke-image",
+        IMAGE,
+        "--skip-pull-image",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    last = [line for line in result.stdout.strip().splitlines() if line.startswith("{")][-1]
+    answer: dict[str, object] = json.loads(last)
+    return answer
+
+
+def test_ingest_function_in_a_lambda_container(built: Path, services: tuple[LocalAws, CriteoEmulator]) -> None:
+    aws, _ = services
+    answer = invoke(built, "IngestFunction", "ingest_batch_mixed.json")
+    assert answer["statusCode"] == 200
+    assert json.loads(str(answer["body"]))["accepted"] == 8
+    messages = aws.client("sqs").receive_message(QueueUrl=aws.queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert sum(len(json.loads(m["Body"])["r"]) for m in messages) == 9
+
+
+def test_sync_function_in_a_lambda_container(built: Path, services: tuple[LocalAws, CriteoEmulator]) -> None:
+    _, criteo = services
+    assert invoke(built, "AudienceSyncFunction", "sync_sqs_batch.json") == {"batchItemFailures": []}
+    assert sorted(criteo.segments()) == [
+        "segment_cart_abandoners_7d",
+        "segment_high_value_buyers",
+        "segment_lapsed_subscribers",
+    ]
+    assert criteo.count("patch") >= 3 and criteo.spec_violations == []
