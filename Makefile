@@ -5,9 +5,12 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-PYTHON313 := $(shell command -v python3.13 2>/dev/null || ls -d $(HOME)/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1)
+# A pyenv shim named python3.13 exists even when 3.13 is not the active version (and then fails), so a
+# real interpreter under ~/.pyenv/versions wins; otherwise whatever python3.13 on PATH actually runs.
+PYTHON313 := $(or $(shell ls -d $(HOME)/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1),$(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null))
+# sam build looks for python3.13 on PATH: put the interpreter's directory first.
+export PATH := $(BIN):$(dir $(PYTHON313)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
-export PATH := $(BIN):$(PATH)
 
 LAMBDA_ARCH ?= arm64
 

@@ -173,17 +173,18 @@ class Fuzzer:
 
     def edge_cases(self) -> None:
         """Fixed cases hypothesis would rarely hit: size limits, bad base64, duplicated headers."""
-        event = {
+        properties: dict[str, str] = {"audience_key": "a", "pad": ""}
+        event: dict[str, Any] = {
             "type": "track",
             "event": "Audience Entered",
             "messageId": "e",
             "timestamp": "2026-11-20T10:00:00Z",
-            "properties": {"audience_key": "a", "pad": ""},
+            "properties": properties,
             "context": {"traits": {"email": "a@b.co"}},
         }
         base = len(json.dumps(event))
         for size in (MAX_BODY_BYTES, MAX_BODY_BYTES + 1):
-            event["properties"]["pad"] = "x" * (size - base)
+            properties["pad"] = "x" * (size - base)
             body = json.dumps(event).encode()
             assert len(body) == size
             self.send(body, {"Content-Type": "application/json", "_sign": "signed"})

@@ -45,13 +45,13 @@ if [ ! -f "$ROOTFS/.debootstrap-done" ]; then
   touch "$ROOTFS/.debootstrap-done"
 fi
 
-if [ ! -f "$ROOTFS/var/runtime/.ric-done" ]; then
-  echo "installing awslambdaric for $WHEEL_PLATFORM / cp313 into /var/runtime ..."
+if [ ! -f "$ROOTFS/var/runtime/.ric-done" ] || [ ! -d "$ROOTFS/var/runtime/boto3" ]; then
+  echo "installing awslambdaric and boto3 (the managed runtime ships it) for $WHEEL_PLATFORM / cp313 into /var/runtime ..."
   mkdir -p "$ROOTFS/var/runtime" "$ROOTFS/var/task" "$ROOTFS/opt"
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
     --target "$ROOTFS/var/runtime" --python-version 3.13 --implementation cp --only-binary=:all: \
-    --platform "$WHEEL_PLATFORM" awslambdaric 2>&1 | grep -v "is ignored: it is neither" || true
-  test -d "$ROOTFS/var/runtime/awslambdaric"
+    --platform "$WHEEL_PLATFORM" awslambdaric boto3 2>&1 | grep -v "is ignored: it is neither" || true
+  test -d "$ROOTFS/var/runtime/awslambdaric" && test -d "$ROOTFS/var/runtime/boto3"
   cat >"$ROOTFS/var/runtime/bootstrap" <<'BOOT'
 #!/bin/sh
 # Lambda custom-runtime entry point: the runtime interface client loads $_HANDLER from /var/task.
@@ -64,11 +64,12 @@ fi
 
 stamp=$(find "$ROOTFS/var/runtime/.ric-done" "$ROOTFS/.debootstrap-done" -printf '%T@\n' | sort | tail -n1)
 if [ "$(docker image inspect -f '{{index .Config.Labels "rootfs-stamp"}}' "$IMAGE" 2>/dev/null)" != "$stamp" ]; then
-  echo "docker import $IMAGE ..."
-  tar -C "$ROOTFS" -c . | docker import \
-    -c 'WORKDIR /var/task' \
-    -c 'ENTRYPOINT ["/var/runtime/bootstrap"]' \
-    -c 'ENV LANG=C.UTF-8 TZ=:/etc/localtime LAMBDA_TASK_ROOT=/var/task LAMBDA_RUNTIME_DIR=/var/runtime PATH=/var/lang/bin:/usr/local/bin:/usr/bin:/bin:/opt/bin' \
-    -c "LABEL rootfs-stamp=$stamp" - "$IMAGE" >/dev/null
+  echo "docker load $IMAGE ($ARCH in the image metadata) ..."
+  ARCHIVE="$WORK/archive"
+  rm -rf "$ARCHIVE"; mkdir -p "$ARCHIVE"
+  tar -C "$ROOTFS" --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* -cf "$ARCHIVE/layer.tar" .
+  python3 scripts/image_archive.py "$ARCHIVE/layer.tar" "$ARCH" "$IMAGE" "$ARCHIVE" "rootfs-stamp=$stamp"
+  tar -C "$ARCHIVE" -c . | docker load >/dev/null
+  rm -rf "$ARCHIVE"
 fi
 echo "$IMAGE ready in $(( $(date +%s) - started ))s"

@@ -1,9 +1,16 @@
-"""The Criteo emulator keeps the contract of API_NOTES.md and the official spec (so our tests mean something)."""
+"""The Criteo emulator keeps the contract of API_NOTES.md and the official spec (so tests against it mean something)."""
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,46 +18,73 @@ import pytest
 import requests
 
 from devtools.criteo_emulator import CriteoEmulator
-from devtools.criteo_emulator.spec import SPEC_PATH, operation_schema, problems
-from devtools.local_aws import DEV_CRITEO
+from devtools.criteo_emulator.identifiers import is_valid
+from devtools.criteo_emulator.spec import SPEC_PATH, response_problems
 
-BASE = "/2026-07/marketing-solutions/audience-segments"
+ADVERTISER = "12345"
+CREDS = {"client_id": "test-client", "client_secret": "test-secret", "grant_type": "client_credentials"}
+SEGMENTS = "/marketing-solutions/audience-segments"
+CONTACT_LIST = SEGMENTS + "/{audience-segment-id}/contact-list"
 SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "criteo" / SPEC_PATH.name
+SHA = hashlib.sha256(b"a@example.com").hexdigest()
+MD5 = hashlib.md5(b"a@example.com").hexdigest()  # noqa: S324 - Criteo accepts MD5 emails
+MADID = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
+
+Api = Callable[..., requests.Response]
 
 
 @pytest.fixture
-def api(criteo: CriteoEmulator) -> Any:
-    token = requests.post(f"{criteo.url}/oauth2/token", data={**_creds(), "grant_type": "client_credentials"}).json()
+def emu() -> Iterator[CriteoEmulator]:
+    with CriteoEmulator(
+        client_id=CREDS["client_id"], client_secret=CREDS["client_secret"], advertiser_id=ADVERTISER
+    ) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def api(emu: CriteoEmulator) -> Api:
+    """Authorized calls to `{url}/2026-07{path}` through one session."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token(emu)}"
 
     def call(method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token['access_token']}"}
-        return requests.request(method, f"{criteo.url}/2026-07/marketing-solutions{path}", headers=headers, **kwargs)
+        return session.request(method, f"{emu.url}/2026-07{path}", **kwargs)
 
     return call
 
 
-def _creds() -> dict[str, str]:
-    return {"client_id": DEV_CRITEO["client_id"], "client_secret": DEV_CRITEO["client_secret"]}
-
-
-def _create(api: Any, name: str) -> str:
-    body = {"data": [{"type": "AudienceSegment", "attributes": {"advertiserId": "12345", "name": name}}]}
-    response = api("POST", "/audience-segments/create", json=body)
+def token(emu: CriteoEmulator) -> str:
+    response = requests.post(f"{emu.url}/oauth2/token", data=CREDS)
     assert response.status_code == 200, response.text
-    assert problems(operation_schema(BASE + "/create", "post", "200") or "", response.json()) == []
+    return str(response.json()["access_token"])
+
+
+def error_code(response: requests.Response) -> str:
+    return str(response.json()["errors"][0]["code"])
+
+
+def search(api: Api, **params: Any) -> requests.Response:
+    body = {"data": {"type": "AudienceSegment", "attributes": {"advertiserIds": [ADVERTISER]}}}
+    return api("POST", f"{SEGMENTS}/search", params=params, json=body)
+
+
+def create(api: Api, name: str, advertiser_id: str = ADVERTISER) -> requests.Response:
+    attributes = {"advertiserId": advertiser_id, "name": name, "description": "d", "contactList": {}}
+    return api("POST", f"{SEGMENTS}/create", json={"data": [{"type": "AudienceSegment", "attributes": attributes}]})
+
+
+def new_segment(api: Api, name: str = "s") -> str:
+    response = create(api, name)
+    assert response.status_code == 200, response.text
     return str(response.json()["data"][0]["id"])
 
 
-def _patch(
-    api: Any, segment_id: str, identifiers: Any, operation: str = "add", kind: str = "email"
+def patch(
+    api: Api, segment_id: str, identifiers: Any, operation: str = "add", kind: str = "email", **extra: Any
 ) -> requests.Response:
-    attributes = {"operation": operation, "identifierType": kind, "identifiers": identifiers}
-    response: requests.Response = api(
-        "PATCH",
-        f"/audience-segments/{segment_id}/contact-list",
-        json={"data": {"type": "ContactlistAmendment", "attributes": attributes}},
-    )
-    return response
+    attributes = {"operation": operation, "identifierType": kind, "identifiers": identifiers, **extra}
+    body = {"data": {"type": "ContactlistAmendment", "attributes": attributes}}
+    return api("PATCH", CONTACT_LIST.replace("{audience-segment-id}", segment_id), json=body)
 
 
 def test_vendored_spec_is_criteos_official_file() -> None:
@@ -59,101 +93,285 @@ def test_vendored_spec_is_criteos_official_file() -> None:
     assert filecmp.cmp(SPEC_PATH, SHARED_SPEC, shallow=False)
 
 
-def test_token_and_invalid_client(criteo: CriteoEmulator) -> None:
-    ok = requests.post(f"{criteo.url}/oauth2/token", data={**_creds(), "grant_type": "client_credentials"})
-    assert ok.status_code == 200 and ok.json()["expires_in"] == 900 and ok.json()["token_type"] == "Bearer"
-    bad = requests.post(
-        f"{criteo.url}/oauth2/token", data={"client_id": "x", "client_secret": "y", "grant_type": "client_credentials"}
-    )
-    assert (bad.status_code, bad.json()["error"]) == (401, "invalid_client")
-
-
-def test_bearer_missing_and_expired(criteo: CriteoEmulator, api: Any) -> None:
-    missing = requests.post(f"{criteo.url}{BASE}/search", json={})
-    assert missing.status_code == 401 and missing.json()["errors"][0]["code"] == "authorization-token-invalid"
-    criteo.expire_tokens()
-    expired = api("POST", "/audience-segments/search", json={})
-    assert expired.status_code == 401 and expired.json()["errors"][0]["code"] == "authorization-token-expired"
-
-
-def test_search_pages_at_most_100(criteo: CriteoEmulator, api: Any) -> None:
-    for i in range(120):
-        _create(api, f"seg{i}")
-    body = {
-        "data": {
-            "type": "AudienceSegment",
-            "attributes": {"advertiserIds": ["12345"], "audienceSegmentTypes": ["ContactList"]},
-        }
+def test_token_endpoint(emu: CriteoEmulator) -> None:
+    ok = requests.post(f"{emu.url}/oauth2/token", data=CREDS)
+    assert ok.status_code == 200
+    assert {**ok.json(), "access_token": "-"} == {
+        "access_token": "-",
+        "token_type": "Bearer",
+        "expires_in": 900,
+        "refresh_token": None,
     }
-    first = api("POST", "/audience-segments/search", params={"limit": 100, "offset": 0}, json=body).json()
-    second = api("POST", "/audience-segments/search", params={"limit": 100, "offset": 100}, json=body).json()
-    assert (len(first["data"]), len(second["data"]), first["meta"]["totalItems"]) == (100, 20, 120)
-    assert problems(operation_schema(BASE + "/search", "post", "200") or "", first) == []
-    assert api("POST", "/audience-segments/search", params={"limit": 101}, json=body).status_code == 400
-    criteo.spec_violations.clear()  # that last call was a deliberate violation
+    bad_secret = requests.post(f"{emu.url}/oauth2/token", data={**CREDS, "client_secret": "nope"})
+    assert (bad_secret.status_code, bad_secret.json()["error"]) == (401, "invalid_client")
+    assert bad_secret.json()["error_description"]
+    grant = requests.post(f"{emu.url}/oauth2/token", data={**CREDS, "grant_type": "password"})
+    assert (grant.status_code, grant.json()["error"]) == (400, "unsupported_grant_type")
+    missing = requests.post(f"{emu.url}/oauth2/token", data={"client_id": "test-client"})
+    assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
+    assert emu.count("token") == 4
 
 
-def test_create_unique_names(api: Any) -> None:
-    _create(api, "dup")
-    body = {"data": [{"type": "AudienceSegment", "attributes": {"advertiserId": "12345", "name": "dup"}}]}
-    again = api("POST", "/audience-segments/create", json=body)
-    assert again.status_code == 400 and again.json()["errors"][0]["code"] == "name-must-be-unique"
+def test_bearer_missing_unknown_and_expired(emu: CriteoEmulator, api: Api) -> None:
+    url = f"{emu.url}/2026-07{SEGMENTS}/search"
+    missing = requests.post(url, json={})
+    assert missing.status_code == 401
+    assert missing.json()["errors"][0]["type"] == "authorization"
+    assert error_code(missing) == "authorization-token-invalid"
+    unknown = requests.post(url, json={}, headers={"Authorization": "Bearer made-up"})
+    assert error_code(unknown) == "authorization-token-invalid"
+    assert search(api).status_code == 200
+    now = time.time()
+    emu.clock = lambda: now + 901  # 15 minutes later
+    expired = search(api)
+    assert (expired.status_code, error_code(expired)) == (401, "authorization-token-expired")
+    emu.clock = time.time
+    assert search(api).status_code == 200
+    emu.faults.expire_tokens()
+    assert error_code(search(api)) == "authorization-token-expired"
+    fresh = {"Authorization": f"Bearer {token(emu)}"}
+    assert requests.post(url, json={}, headers=fresh).status_code == 200
+    assert requests.post(f"{emu.url}/__admin/expire-tokens").status_code == 200
+    assert error_code(requests.post(url, json={}, headers=fresh)) == "authorization-token-expired"
 
 
-def test_patch_counts_valid_and_invalid_and_applies(criteo: CriteoEmulator, api: Any) -> None:
-    segment = _create(api, "s")
-    response = _patch(api, segment, ["a@example.com", "f" * 64, "not an email"])
-    assert response.status_code == 200
-    attributes = response.json()["data"]["attributes"]
-    assert (attributes["nbValidIdentifiers"], attributes["nbInvalidIdentifiers"]) == (2, 1)
-    assert (
-        problems(operation_schema(BASE + "/{audience-segment-id}/contact-list", "patch", "200") or "", response.json())
-        == []
+def test_unknown_routes_versions_and_methods_get_an_envelope(emu: CriteoEmulator, api: Api) -> None:
+    for response in (
+        requests.get(f"{emu.url}/nowhere"),
+        requests.post(f"{emu.url}/2027-01{SEGMENTS}/search", json={}),
+        api("POST", f"{SEGMENTS}/search/"),
+    ):
+        assert response.status_code == 404 and response.json()["errors"][0]["code"], response.text
+        assert response.headers["Content-Type"] == "application/json"
+    wrong_method = api("GET", f"{SEGMENTS}/search")
+    assert (wrong_method.status_code, error_code(wrong_method)) == (405, "method-not-allowed")
+    assert emu.spec_violations == []
+
+
+def test_search_pages_filters_and_answers_per_spec(emu: CriteoEmulator, api: Api) -> None:
+    for i in range(120):
+        emu.state.create(ADVERTISER, f"seg{i:03}", None)
+    emu.add_foreign_segment("theirs")
+    first, second = search(api, limit=100, offset=0).json(), search(api, limit=100, offset=100).json()
+    assert (len(first["data"]), len(second["data"])) == (100, 20)
+    assert first["meta"] == {"totalItems": 120, "limit": 100, "offset": 0}
+    assert [s["attributes"]["name"] for s in first["data"] + second["data"]] == [f"seg{i:03}" for i in range(120)]
+    assert response_problems(f"{SEGMENTS}/search", "post", 200, first) == []
+    assert first["data"][0]["attributes"]["type"] == "ContactList" and first["data"][0]["id"].isdigit()
+    assert search(api).json()["meta"]["limit"] == 50
+    wanted = [first["data"][3]["id"], second["data"][0]["id"]]
+    by_ids = api("POST", f"{SEGMENTS}/search", json={"data": {"attributes": {"audienceSegmentIds": wanted}}}).json()
+    assert [s["id"] for s in by_ids["data"]] == wanted
+    other_type = {"data": {"attributes": {"audienceSegmentTypes": ["Lookalike"]}}}
+    assert api("POST", f"{SEGMENTS}/search", json=other_type).json()["meta"]["totalItems"] == 0
+    assert emu.spec_violations == []
+    too_many = search(api, limit=101)
+    assert (too_many.status_code, too_many.json()["errors"][0]["type"]) == (400, "validation")
+    assert search(api, limit="ten").status_code == 400
+    assert len(emu.spec_violations) == 2 and "limit" in emu.spec_violations[0]
+
+
+def test_create_answers_ids_and_refuses_duplicates_and_other_advertisers(emu: CriteoEmulator, api: Api) -> None:
+    first = create(api, "dup")
+    assert first.status_code == 200
+    assert response_problems(f"{SEGMENTS}/create", "post", 200, first.json()) == []
+    assert first.json()["data"][0]["id"] == "100001" and create(api, "other").json()["data"][0]["id"] == "100002"
+    again = create(api, "dup")
+    assert again.status_code == 400
+    assert (again.json()["errors"][0]["type"], error_code(again)) == ("validation", "name-must-be-unique")
+    assert create(api, "x", advertiser_id="777").status_code == 403
+    not_a_contact_list = {"data": [{"attributes": {"advertiserId": ADVERTISER, "name": "y"}}]}
+    assert api("POST", f"{SEGMENTS}/create", json=not_a_contact_list).status_code == 400
+    assert sorted(emu.segments()) == ["dup", "other"] and emu.segments()["dup"]["description"] == "d"
+    assert emu.spec_violations == []
+
+
+def test_patch_counts_valid_and_invalid_and_applies_valid_ones(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    emails = ["a@example.com", SHA, MD5, SHA.upper(), " b@example.com", "B@example.com", "not an email", "x@y"]
+    added = patch(api, segment, emails)
+    assert added.status_code == 200
+    assert response_problems(CONTACT_LIST, "patch", 200, added.json()) == []
+    attributes = added.json()["data"]["attributes"]
+    assert attributes["contactListId"] == int(segment)
+    assert (attributes["operation"], attributes["identifierType"]) == ("add", "email")
+    assert (attributes["nbValidIdentifiers"], attributes["nbInvalidIdentifiers"]) == (3, 5)
+    assert attributes["sampleInvalidIdentifiers"] == emails[3:]
+    patch(api, segment, [MADID, "not-a-uuid"], kind="madid")
+    patch(api, segment, ["a@example.com"], operation="remove")
+    members = emu.segments()["s"]["members"]
+    assert (members["email"], members["madid"]) == ({SHA, MD5}, {MADID})
+    assert emu.count("patch") == 3 and emu.patch_log[-1]["operation"] == "remove"
+    assert emu.spec_violations == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "valid", "invalid"),
+    [
+        ("email", ["a.b+c@mail.example.co", SHA, MD5], ["A@example.com", "a@example", "a @example.com", SHA[:-1]]),
+        ("madid", [MADID, MADID.upper()], ["6d92078a82464ba4ae5b76104861e7dc", ""]),
+        ("phoneNumber", ["+33612345678", SHA], ["0612345678", "+1234567", "+33 612345678"]),
+        ("identityLink", ["XY1000abc"], ["", "with space"]),
+        ("gum", ["123456789"], ["", "a b"]),
+    ],
+)
+def test_identifier_validity(kind: str, valid: list[str], invalid: list[str]) -> None:
+    assert [is_valid(kind, v) for v in valid] == [True] * len(valid)
+    assert [is_valid(kind, v) for v in invalid] == [False] * len(invalid)
+
+
+def test_patch_business_rules(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    too_many = patch(api, segment, [f"{i}@x.io" for i in range(50_001)])
+    assert (too_many.status_code, too_many.json()["errors"][0]["type"]) == (400, "validation")
+    assert patch(api, segment, []).status_code == 400
+    assert patch(api, segment, ["123"], kind="gum").status_code == 400
+    assert patch(api, segment, ["123"], kind="gum", gumCallerId=42).status_code == 200
+    at_the_limit = patch(api, segment, [f"{i}@x.io" for i in range(50_000)])
+    assert at_the_limit.json()["data"]["attributes"]["nbValidIdentifiers"] == 50_000
+    assert emu.spec_violations == []
+
+
+def test_patch_unknown_and_foreign_segments(emu: CriteoEmulator, api: Api) -> None:
+    missing = patch(api, "424242", ["a@b.co"])
+    assert (missing.status_code, error_code(missing)) == (404, "audience-not-found")
+    foreign = emu.add_foreign_segment("theirs")
+    forbidden = patch(api, foreign, ["a@b.co"])
+    assert (forbidden.status_code, error_code(forbidden)) == (403, "audience-invalid")
+    segment = new_segment(api, "gone")
+    assert emu.delete_segment("gone")
+    assert patch(api, segment, ["a@b.co"]).status_code == 404
+    assert emu.spec_violations == []
+    assert patch(api, "None", ["a@b.co"]).status_code == 400  # the path id must be an int32
+    assert len(emu.spec_violations) == 1
+
+
+def test_bodies_the_spec_rejects_are_refused_and_recorded(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    as_string = patch(api, segment, "a@b.co")
+    assert (as_string.status_code, as_string.json()["errors"][0]["type"]) == (400, "validation")
+    assert "identifiers" in as_string.json()["errors"][0]["detail"]
+    assert patch(api, segment, ["a@b.co"], operation="upsert").status_code == 400
+    assert patch(api, segment, ["a@b.co"], gumCallerId="42").status_code == 400
+    malformed = api(
+        "PATCH", f"{SEGMENTS}/{segment}/contact-list", data="{not json", headers={"Content-Type": "application/json"}
     )
-    _patch(api, segment, ["a@example.com"], operation="remove")
-    assert criteo.segments()["s"]["members"]["email"] == {"f" * 64}
+    assert malformed.status_code == 400
+    not_json = api("PATCH", f"{SEGMENTS}/{segment}/contact-list", data="operation=add")
+    assert not_json.status_code == 400
+    assert len(emu.spec_violations) == 5
+    assert "upsert" in emu.spec_violations[1] and "not JSON" in emu.spec_violations[3]
+    assert emu.segments()["s"]["members"]["email"] == set()
 
 
-def test_patch_limits_and_errors(criteo: CriteoEmulator, api: Any) -> None:
-    segment = _create(api, "s")
-    assert _patch(api, segment, [f"{i}@x.io" for i in range(50_001)]).status_code == 400
-    assert _patch(api, segment, []).status_code == 400
-    assert _patch(api, segment, ["x"], kind="gum").status_code == 400
-    assert _patch(api, "424242", ["a@b.co"]).status_code == 404
-    foreign = criteo.add_foreign_segment("theirs")
-    forbidden = _patch(api, foreign, ["a@b.co"])
-    assert forbidden.status_code == 403 and forbidden.json()["errors"][0]["code"] == "audience-invalid"
-    assert criteo.spec_violations == []
+def test_delete_and_statistics_answer_per_spec(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    patch(api, segment, ["a@example.com", SHA])
+    path = CONTACT_LIST.replace("{audience-segment-id}", segment)
+    stats = api("GET", f"{path}/statistics")
+    assert stats.status_code == 200 and stats.json()["data"]["attributes"]["numberOfIdentifiers"] == 2
+    assert response_problems(f"{CONTACT_LIST}/statistics", "get", 200, stats.json()) == []
+    deleted = api("DELETE", path)
+    assert deleted.status_code == 200 and deleted.json()["data"]["id"] == segment
+    assert response_problems(CONTACT_LIST, "delete", 200, deleted.json()) == []
+    assert emu.segments()["s"]["members"]["email"] == set()
+    assert (emu.count("delete"), emu.count("statistics")) == (1, 1)
+    assert emu.spec_violations == []
 
 
-def test_bodies_the_spec_rejects_are_refused_and_recorded(criteo: CriteoEmulator, api: Any) -> None:
-    segment = _create(api, "s")
-    assert _patch(api, segment, "a@b.co").status_code == 400
-    assert _patch(api, segment, ["a@b.co"], operation="upsert").status_code == 400
-    assert len(criteo.spec_violations) == 2
-    criteo.spec_violations.clear()
+def test_rate_limit_answers_429_with_reset_headers(emu: CriteoEmulator, api: Api) -> None:
+    now = time.time()
+    emu.clock = lambda: now
+    emu.faults.rate_limit = 2
+    first, second, third = search(api), search(api), search(api)
+    assert [r.status_code for r in (first, second, third)] == [200, 200, 429]
+    assert (first.headers["x-ratelimit-limit"], first.headers["x-ratelimit-remaining"]) == ("2", "1")
+    assert third.headers["x-ratelimit-remaining"] == "0"
+    assert int(third.headers["x-ratelimit-reset"]) == math.ceil(now + 60)
+    assert "Retry-After" not in third.headers
+    assert (third.json()["errors"][0]["type"], error_code(third)) == ("quota", "rate-limited")
+    emu.clock = lambda: now + 60  # the window resets
+    assert search(api).status_code == 200
 
 
-def test_rate_limit_fail_next_and_down(criteo: CriteoEmulator, api: Any) -> None:
-    criteo.faults.rate_limit = 2
-    statuses = [api("POST", "/audience-segments/search", json={}).status_code for _ in range(3)]
-    assert statuses == [200, 200, 429]
-    limited = api("POST", "/audience-segments/search", json={})
-    assert limited.headers["x-ratelimit-remaining"] == "0" and int(limited.headers["x-ratelimit-reset"]) >= time.time()
-    assert "Retry-After" not in limited.headers
-    criteo.faults.rate_limit = 0
-    criteo.faults.fail_next = [503, 500]
-    assert [api("POST", "/audience-segments/search", json={}).status_code for _ in range(3)] == [503, 500, 200]
-    criteo.faults.down = True
-    assert api("POST", "/audience-segments/search", json={}).status_code == 503
+def test_fail_next_and_seeded_error_rate(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    emu.faults.fail_next = [503, 429, 500]
+    responses = [patch(api, segment, ["a@example.com"]) for _ in range(4)]
+    assert [r.status_code for r in responses] == [503, 429, 500, 200]
+    assert responses[0].json()["errors"][0]["type"] == "availability"
+    reset = int(responses[1].headers["x-ratelimit-reset"])
+    assert responses[1].headers["x-ratelimit-remaining"] == "0" and 1 <= reset - time.time() <= 2.1
+    assert [e["valid"] for e in emu.patch_log] == [1]  # failed calls applied nothing
+
+    def statuses() -> list[int]:
+        emu.faults.update({"error_rate": 0.5, "error_status": 500, "seed": 7})
+        found = [search(api).status_code for _ in range(12)]
+        emu.faults.clear()
+        return found
+
+    run = statuses()
+    assert set(run) == {200, 500} and statuses() == run
 
 
-def test_admin_endpoints(criteo: CriteoEmulator, api: Any) -> None:
-    _patch(api, _create(api, "s"), ["a@example.com"])
-    state = requests.get(f"{criteo.url}/__admin/state").json()
-    assert state["segments"]["s"]["members"]["email"] == ["a@example.com"]
-    assert requests.post(f"{criteo.url}/__admin/faults", json={"down": True}).status_code == 200
-    assert criteo.faults.down
-    assert requests.post(f"{criteo.url}/__admin/faults", json={"nope": 1}).status_code == 400
-    requests.post(f"{criteo.url}/__admin/reset")
-    assert criteo.segments() == {} and not criteo.faults.down
+def test_down_latency_deprecation_and_token_faults(emu: CriteoEmulator, api: Api) -> None:
+    emu.faults.down = True
+    outage = search(api)
+    assert (outage.status_code, outage.json()["errors"][0]["type"]) == (503, "availability")
+    assert requests.post(f"{emu.url}/oauth2/token", data=CREDS).status_code == 200
+    emu.faults.token_errors = True
+    assert requests.post(f"{emu.url}/oauth2/token", data=CREDS).status_code == 503
+    emu.faults.update({"down": False, "latency_s": 0.2, "deprecated": True})
+    started = time.monotonic()
+    slow = search(api)
+    assert slow.status_code == 200 and time.monotonic() - started >= 0.2
+    assert slow.headers["Deprecation"] and slow.headers["Sunset"]
+
+
+def test_admin_endpoints(emu: CriteoEmulator, api: Api) -> None:
+    patch(api, new_segment(api), ["b@example.com", "a@example.com"])
+    state = requests.get(f"{emu.url}/__admin/state").json()
+    assert state["segments"]["s"]["members"]["email"] == ["a@example.com", "b@example.com"]
+    assert state["calls"] == {"token": 1, "search": 0, "create": 1, "patch": 1, "delete": 0, "statistics": 0}
+    assert emu.calls == [("POST", "token", 200), ("POST", "create", 200), ("PATCH", "contact-list", 200)]
+    changed = requests.post(f"{emu.url}/__admin/faults", json={"fail_next": [503], "rate_limit": 10})
+    assert changed.status_code == 200 and changed.json()["faults"]["fail_next"] == [503]
+    assert emu.faults.fail_next == [503] and emu.faults.rate_limit == 10
+    for bad in ({"nope": 1}, {"down": "yes"}, {"error_rate": 2}, {"fail_next": [200]}, [1]):
+        refused = requests.post(f"{emu.url}/__admin/faults", json=bad)
+        assert refused.status_code == 400 and error_code(refused) == "invalid-fault-settings", bad
+    assert emu.faults.rate_limit == 10
+    assert requests.post(f"{emu.url}/__admin/reset").json()["segments"] == {}
+    assert emu.segments() == {} and emu.faults.fail_next == [] and emu.calls == []
+    assert error_code(search(api)) == "authorization-token-invalid"  # reset forgets tokens too
+    again = requests.post(
+        f"{emu.url}/2026-07{SEGMENTS}/create",
+        json={"data": [{"attributes": {"advertiserId": ADVERTISER, "name": "s", "contactList": {}}}]},
+        headers={"Authorization": f"Bearer {token(emu)}"},
+    )
+    assert again.json()["data"][0]["id"] == "100002"  # ids keep increasing across resets
+
+
+def test_command_line_serves_until_sigterm() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "devtools.criteo_emulator",
+        "--port",
+        "0",
+        "--client-id",
+        "c",
+        "--client-secret",
+        "s",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[3]
+        assert url.startswith("http://127.0.0.1:")
+        answer = requests.post(
+            f"{url}/oauth2/token", data={"client_id": "c", "client_secret": "s", "grant_type": "client_credentials"}
+        )
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0

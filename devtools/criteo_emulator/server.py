@@ -1,52 +1,87 @@
-"""A real HTTP server on loopback that behaves like the Criteo endpoints in API_NOTES.md."""
+"""The emulator's HTTP side: a werkzeug WSGI app on loopback, served from a background thread.
+
+Per API call: route (404/405), read and spec-validate the request (violations are recorded at once), check the
+bearer (401), apply faults (503/429/injected), refuse an invalid request (400), then run the endpoint.
+"""
 
 from __future__ import annotations
 
 import json
-import re
+import logging
+import math
 import threading
 import time
-import uuid
-from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
+from wsgiref.types import StartResponse, WSGIEnvironment
 
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, Rule
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from devtools.criteo_emulator.faults import Faults
-from devtools.criteo_emulator.spec import operation_schema, problems
-from devtools.criteo_emulator.state import VALIDATORS, AccountState, Segment
-from devtools.http_server import BackgroundServer
+from devtools.criteo_emulator import spec
+from devtools.criteo_emulator.api import AudienceApi
+from devtools.criteo_emulator.errors import Reply, oauth_error, problem
+from devtools.criteo_emulator.faults import NOMINAL_RATE_LIMIT, Faults, rate_limit_headers
+from devtools.criteo_emulator.state import TOKEN_LIFETIME_S, AccountState
 
-MAX_IDENTIFIERS = 50_000
-SEARCH_MAX_LIMIT = 100
-SPEC_SEGMENTS = "/{version}/marketing-solutions/audience-segments"
-_CONTACT_LIST = re.compile(r"/audience-segments/([^/]+)/contact-list(/statistics)?$")
+logger = logging.getLogger(__name__)
 
-
-class _Reply(Exception):
-    """Short-circuits a request with a status and a JSON body."""
-
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.status, self.body, self.headers = status, body, headers or {}
+FOREIGN_ADVERTISER_ID = "99999"
+SUNSET = "Sat, 31 Jul 2027 00:00:00 GMT"
+_SEGMENTS = "/marketing-solutions/audience-segments"
+_LISTED_PROBLEMS = 10
 
 
-def problem(status: int, kind: str, code: str, detail: str, path: str = "") -> _Reply:
-    """Criteo's error envelope."""
-    error = {
-        "traceId": uuid.uuid4().hex,
-        "type": kind,
-        "code": code,
-        "instance": path or "/",
-        "title": code,
-        "detail": detail,
-    }
-    return _Reply(status, {"errors": [error], "warnings": []})
+@dataclass(frozen=True)
+class Operation:
+    """An emulated Criteo operation: method, spec path template (without version) and its label in `calls`."""
+
+    method: str
+    template: str
+    label: str
+
+    @property
+    def rule(self) -> str:
+        """The werkzeug rule of the versioned path."""
+        return "/<version>" + self.template.replace("{audience-segment-id}", "<segment_id>")
+
+
+OPERATIONS = {
+    "search": Operation("POST", f"{_SEGMENTS}/search", "search"),
+    "create": Operation("POST", f"{_SEGMENTS}/create", "create"),
+    "patch": Operation("PATCH", f"{_SEGMENTS}/{{audience-segment-id}}/contact-list", "contact-list"),
+    "delete": Operation("DELETE", f"{_SEGMENTS}/{{audience-segment-id}}/contact-list", "contact-list"),
+    "statistics": Operation("GET", f"{_SEGMENTS}/{{audience-segment-id}}/contact-list/statistics", "statistics"),
+}
+CALL_KINDS = {"token": ("POST", "token"), **{kind: (op.method, op.label) for kind, op in OPERATIONS.items()}}
+_ADMIN = {"state": "GET", "faults": "POST", "reset": "POST", "expire-tokens": "POST"}
+_ROUTES = Map(
+    [
+        Rule("/oauth2/token", methods=["POST"], endpoint="token"),
+        *(Rule(op.rule, methods=[op.method], endpoint=kind) for kind, op in OPERATIONS.items()),
+        *(Rule(f"/__admin/{name}", methods=[method], endpoint=f"admin:{name}") for name, method in _ADMIN.items()),
+    ]
+)
+
+Result = tuple[int, dict[str, Any], dict[str, str]]
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler without per-request logging (it halves throughput)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Log nothing."""
 
 
 class CriteoEmulator:
-    """Criteo Marketing Solutions API stand-in with fault injection and an inspection endpoint."""
+    """Criteo Marketing Solutions API stand-in on loopback, with fault injection and inspection helpers.
+
+    The socket is bound at construction (`port=0` picks a free one), so `url` is known before `start()`.
+    """
 
     def __init__(
         self,
@@ -55,28 +90,40 @@ class CriteoEmulator:
         client_id: str = "dev-client",
         client_secret: str = "dev-secret",
         advertiser_id: str = "12345",
-        api_version: str = "2026-07",
+        api_version: str = spec.SPEC_VERSION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client_id, self.client_secret = client_id, client_secret
         self.advertiser_id, self.api_version = advertiser_id, api_version
-        self.state = AccountState()
+        self.state = AccountState(clock)
         self.faults = Faults()
+        self.api = AudienceApi(self.state, advertiser_id)
         self.calls: list[tuple[str, str, int]] = []
         self.patch_log: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
         self._log_lock = threading.Lock()
-        self.server = BackgroundServer(self._wsgi, port, host)
-        self.url = f"http://{host}:{self.server.port}"
+        self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietRequestHandler)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self._server.server_port}"
+        self._thread: threading.Thread | None = None
 
-    # --- lifecycle and inspection ---------------------------------------------------------------------
+    # --- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve in a background thread."""
-        self.server.start()
+        """Serve from a background (daemon) thread."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="criteo-emulator", daemon=True
+        )
+        self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving."""
-        self.server.stop()
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
 
     def __enter__(self) -> CriteoEmulator:
         self.start()
@@ -85,303 +132,251 @@ class CriteoEmulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # --- inspection and test helpers ----------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Unix-seconds clock used for token expiry, rate-limit windows and timestamps (replace to fake time)."""
+        return self.state.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self.state.clock = value
+
     def reset(self) -> None:
-        """Forget segments, tokens, calls and faults."""
+        """Forget segments, tokens, faults, call counts, the PATCH log and spec violations."""
+        self.state.clear()
+        self.faults.clear()
         with self._log_lock:
-            self.state = AccountState()
-            self.faults = Faults()
             self.calls.clear()
             self.patch_log.clear()
             self.spec_violations.clear()
 
     def expire_tokens(self) -> None:
-        """Every issued token answers `authorization-token-expired` from now on."""
-        self.state.expire_tokens()
+        """Every issued token answers `authorization-token-expired` from now on (same as `faults.expire_tokens`)."""
+        self.faults.expire_tokens()
 
     def count(self, kind: str) -> int:
-        """HTTP calls of a kind received so far (token, search, create, patch, delete, statistics)."""
+        """Calls received of a kind: token, search, create, patch, delete or statistics (any status)."""
+        if kind not in CALL_KINDS:
+            raise ValueError(f"unknown call kind {kind!r}; one of {', '.join(CALL_KINDS)}")
         with self._log_lock:
-            return sum(1 for _, k, _ in self.calls if k == kind)
+            return sum(1 for method, label, _ in self.calls if (method, label) == CALL_KINDS[kind])
 
     def segments(self) -> dict[str, dict[str, Any]]:
-        """Segment name → id, description and members per identifier type (copies)."""
+        """Our advertiser's segments: name -> id, description and members per identifier type (copies)."""
         with self.state.lock:
             return {
                 s.name: {
                     "id": s.id,
                     "description": s.description,
-                    "advertiser_id": s.advertiser_id,
-                    "members": {k: set(v) for k, v in s.members.items()},
+                    "members": {kind: set(values) for kind, values in s.members.items()},
                 }
-                for s in self.state.segments.values()
+                for s in self.state.owned_by(self.advertiser_id)
             }
 
-    def delete_segment(self, name: str) -> None:
-        """Delete a segment behind the client's back (its cached id then answers 404)."""
-        with self.state.lock:
-            self.state.segments = {k: s for k, s in self.state.segments.items() if s.name != name}
+    def delete_segment(self, name: str) -> bool:
+        """Delete one of our segments behind the client's back (a cached id then answers 404)."""
+        return self.state.delete(self.advertiser_id, name)
 
-    def add_foreign_segment(self, name: str) -> str:
-        """A segment owned by another advertiser (PATCHing it answers 403 audience-invalid)."""
-        segment = self.state.create("99999", name, "another advertiser's segment")
-        assert segment is not None
+    def add_foreign_segment(self, name: str, advertiser_id: str = FOREIGN_ADVERTISER_ID) -> str:
+        """Create a segment of another advertiser (invisible to search; changing it answers 403); its id."""
+        segment = self.state.create(advertiser_id, name, "another advertiser's segment")
+        if segment is None:
+            raise ValueError(f"advertiser {advertiser_id} already has a segment named {name!r}")
         return segment.id
 
     # --- HTTP ---------------------------------------------------------------------------------------------
 
-    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+    def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        body: dict[str, Any]
-        headers: dict[str, str]
+        endpoint = "unknown"
         try:
-            status, body, headers = self._dispatch(request)
-        except _Reply as reply:
+            endpoint, args = self._match(environ)
+            status, body, headers = self._handle(endpoint, args, request)
+        except Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
-        if not request.path.startswith("/__admin"):
+        except Exception:
+            logger.exception("Criteo emulator failed on %s %s", request.method, request.path)
+            failure = problem(500, "availability", "emulator-error", "the emulator failed: see its log", request.path)
+            status, body, headers = failure.status, failure.body, {}
+        if not endpoint.startswith("admin:"):
+            label = OPERATIONS[endpoint].label if endpoint in OPERATIONS else endpoint
             with self._log_lock:
-                self.calls.append((request.method, _kind_of(request), status))
-        response = Response(json.dumps(body), status, content_type="application/json")
-        for name, value in headers.items():
-            response.headers[name] = value
-        if self.faults.deprecated and request.path.startswith(f"/{self.api_version}/"):
+                self.calls.append((request.method, label, status))
+        response = Response(json.dumps(body), status, headers, mimetype="application/json")
+        if self.faults.deprecated and endpoint in OPERATIONS:
             response.headers["Deprecation"] = "true"
-            response.headers["Sunset"] = "Wed, 01 Sep 2027 00:00:00 GMT"
+            response.headers["Sunset"] = SUNSET
         return response(environ, start_response)
 
-    def _dispatch(self, request: Request) -> tuple[int, dict[str, Any], dict[str, str]]:
-        path = request.path
-        if path.startswith("/__admin/"):
-            return self._admin(request)
-        if path == "/oauth2/token" and request.method == "POST":
-            if self.faults.token_errors:
-                self._inject()
-            return (*self._token(request), {})
-        prefix = f"/{self.api_version}/marketing-solutions"
-        if not path.startswith(prefix + "/audience-segments"):
-            raise problem(404, "validation", "route-not-found", "no such route", path)
+    def _match(self, environ: WSGIEnvironment) -> tuple[str, dict[str, Any]]:
+        """(endpoint, path arguments); a Reply 404/405 for unknown routes and versions."""
+        path = environ.get("PATH_INFO") or "/"
+        try:
+            endpoint, args = _ROUTES.bind_to_environ(environ).match()
+        except MethodNotAllowed as error:
+            allowed = ", ".join(error.valid_methods or [])
+            raise problem(405, "validation", "method-not-allowed", f"allowed: {allowed}", path) from None
+        except HTTPException:
+            raise problem(404, "validation", "route-not-found", "no such route", path) from None
+        if args.get("version", self.api_version) != self.api_version:
+            detail = f"API version {args['version']} is not served here (this emulator serves {self.api_version})"
+            raise problem(404, "validation", "version-not-found", detail, path)
+        return str(endpoint), dict(args)
+
+    def _handle(self, endpoint: str, args: dict[str, Any], request: Request) -> Result:
+        if endpoint == "token":
+            return self._token(request)
+        if endpoint.startswith("admin:"):
+            return self._admin(endpoint.removeprefix("admin:"), request)
+        operation = OPERATIONS[endpoint]
+        body, query, problems = self._read(operation, args, request)
+        summary = _summary(problems)
+        if summary:
+            with self._log_lock:
+                self.spec_violations.append(f"{request.method} {request.full_path.rstrip('?')}: {summary}")
         self._authorize(request)
-        if self.faults.latency_s:
-            time.sleep(self.faults.latency_s)
-        limited, headers = self.faults.rate_limited()
-        if limited:
-            reply = problem(429, "quota", "rate-limited", "too many requests", path)
-            reply.headers = headers
-            raise reply
-        self._inject()
-        route = path[len(prefix) :]
-        if route == "/audience-segments/search" and request.method == "POST":
-            return (200, self._search(request), headers)
-        if route == "/audience-segments/create" and request.method == "POST":
-            return (200, self._create(request), headers)
-        match = _CONTACT_LIST.search(route)
-        if match and not match.group(2) and request.method in ("PATCH", "DELETE"):
-            segment = self._own_segment(match.group(1), path)
-            if request.method == "PATCH":
-                return (200, self._patch(request, segment), headers)
-            with self.state.lock:
-                segment.members.clear()
-            data = {"id": segment.id, "type": "ContactlistAmendment"}
-            return (200, {"data": data, "errors": [], "warnings": []}, headers)
-        if match and match.group(2) and request.method == "GET":
-            segment = self._own_segment(match.group(1), path)
-            count = sum(len(v) for v in segment.members.values())
-            attributes = {"numberOfIdentifiers": count, "numberOfMatches": count, "matchRate": 1.0 if count else 0.0}
-            body = {
-                "data": {"id": segment.id, "type": "ContactListStatistics", "attributes": attributes},
-                "errors": [],
-                "warnings": [],
-            }
-            return (200, body, headers)
-        raise problem(404, "validation", "route-not-found", "no such route", path)
-
-    def _inject(self) -> None:
-        status = self.faults.injected_status()
-        if status is None:
-            return
-        if status == 429:
-            reply = problem(429, "quota", "rate-limited", "too many requests")
-            reply.headers = {
-                "x-ratelimit-limit": "250",
-                "x-ratelimit-remaining": "0",
-                "x-ratelimit-reset": str(int(time.time()) + 2),
-            }
-            raise reply
-        if status == 401:
-            raise problem(401, "authorization", "authorization-token-expired", "token expired")
-        kind = "validation" if status < 500 else "availability"
-        raise problem(status, kind, f"injected-{status}", "injected fault")
-
-    def _token(self, request: Request) -> tuple[int, dict[str, Any]]:
-        form = parse_qs(request.get_data(as_text=True))
-        values = {k: v[0] for k, v in form.items()}
-        if values.get("grant_type") != "client_credentials":
-            return 400, {
-                "error": "unsupported_grant_type",
-                "error_description": "grant_type must be client_credentials",
-            }
-        if values.get("client_id") != self.client_id or values.get("client_secret") != self.client_secret:
-            return 401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"}
-        token = self.state.issue_token()
-        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": 900, "refresh_token": None}
-
-    def _authorize(self, request: Request) -> None:
-        header = request.headers.get("Authorization", "")
-        status = self.state.token_status(header[7:]) if header.startswith("Bearer ") else "invalid"
-        if status != "ok":
-            raise problem(401, "authorization", f"authorization-token-{status}", f"the token is {status}", request.path)
-
-    def _body(self, request: Request, path_template: str, method: str) -> Any:
+        headers = self._apply_faults(request.path)
         try:
-            document = json.loads(request.get_data(as_text=True))
-        except ValueError:
-            raise problem(400, "validation", "invalid-json", "the body is not JSON", request.path) from None
-        schema = operation_schema(path_template.replace("{version}", self.api_version), method)
-        found = problems(schema, document) if schema else []
-        if found:
-            with self._log_lock:
-                self.spec_violations.append(f"{method} {request.path}: {'; '.join(found)}")
-            raise problem(400, "validation", "invalid-body", "; ".join(found)[:500], request.path)
-        return document
+            if summary:
+                raise problem(400, "validation", "invalid-request", summary, request.path)
+            return 200, self._perform(endpoint, args, body, query, request.path), headers
+        except Reply as reply:
+            reply.headers = {**headers, **reply.headers}
+            raise
 
-    def _search(self, request: Request) -> dict[str, Any]:
-        document = self._body(request, SPEC_SEGMENTS + "/search", "post")
-        try:
-            limit = int(request.args.get("limit", 50))
-            offset = int(request.args.get("offset", 0))
-        except ValueError:
-            raise problem(400, "validation", "invalid-paging", "limit and offset must be integers") from None
-        if not 0 <= limit <= SEARCH_MAX_LIMIT or offset < 0:
-            with self._log_lock:
-                self.spec_violations.append(f"search paging limit={limit} offset={offset}")
-            raise problem(400, "validation", "invalid-paging", f"limit must be 0..{SEARCH_MAX_LIMIT}")
-        filters = (document.get("data") or {}).get("attributes") or {}
-        with self.state.lock:
-            found = [
-                s
-                for s in self.state.segments.values()
-                if s.advertiser_id == self.advertiser_id
-                and (not filters.get("advertiserIds") or s.advertiser_id in filters["advertiserIds"])
-                and (not filters.get("audienceSegmentIds") or s.id in filters["audienceSegmentIds"])
-                and (not filters.get("audienceSegmentTypes") or "ContactList" in filters["audienceSegmentTypes"])
-            ]
-            page = [_resource(s) for s in found[offset : offset + limit]]
-        return {
-            "data": page,
-            "meta": {"totalItems": len(found), "limit": limit, "offset": offset},
-            "errors": [],
-            "warnings": [],
-        }
-
-    def _create(self, request: Request) -> dict[str, Any]:
-        document = self._body(request, SPEC_SEGMENTS + "/create", "post")
-        created = []
-        for item in document.get("data") or []:
-            attributes = item.get("attributes") or {}
-            if attributes.get("advertiserId") != self.advertiser_id:
-                raise problem(403, "access-control", "advertiser-forbidden", "not your advertiser", request.path)
-            segment = self.state.create(self.advertiser_id, attributes["name"], attributes.get("description", ""))
-            if segment is None:
-                raise problem(400, "validation", "name-must-be-unique", "a segment has this name", request.path)
-            created.append(_resource(segment))
-        return {"data": created, "errors": [], "warnings": []}
-
-    def _own_segment(self, segment_id: str, path: str) -> Segment:
-        with self.state.lock:
-            segment = self.state.segments.get(segment_id)
-        if segment is None:
-            raise problem(404, "validation", "audience-not-found", "no such segment", path)
-        if segment.advertiser_id != self.advertiser_id:
-            raise problem(403, "access-control", "audience-invalid", "the segment belongs to another advertiser", path)
-        return segment
-
-    def _patch(self, request: Request, segment: Segment) -> dict[str, Any]:
-        document = self._body(request, SPEC_SEGMENTS + "/{audience-segment-id}/contact-list", "patch")
-        attributes = document["data"]["attributes"]
-        identifiers, kind = attributes["identifiers"], attributes.get("identifierType", "email")
-        if not identifiers or len(identifiers) > MAX_IDENTIFIERS:
-            raise problem(
-                400,
-                "validation",
-                "invalid-identifiers-count",
-                f"identifiers must hold 1..{MAX_IDENTIFIERS} items",
-                request.path,
-            )
-        if kind == "gum" and "gumCallerId" not in attributes:
-            raise problem(400, "validation", "missing-gum-caller-id", "gum needs gumCallerId", request.path)
-        valid = [i for i in identifiers if VALIDATORS[kind](i)]
-        invalid = [i for i in identifiers if not VALIDATORS[kind](i)]
-        with self.state.lock:
-            members = segment.members.setdefault(kind, set())
-            if attributes["operation"] == "add":
-                members.update(valid)
-            else:
-                members.difference_update(valid)
+    def _perform(
+        self, endpoint: str, args: dict[str, Any], body: Any, query: dict[str, Any], instance: str
+    ) -> dict[str, Any]:
+        """Run a spec-valid API call on the account."""
+        if endpoint == "search":
+            return self.api.search(body, query["limit"], query["offset"], instance)
+        if endpoint == "create":
+            return self.api.create(body, instance)
+        segment_id = str(args["segment_id"])
+        if endpoint == "delete":
+            return self.api.empty(segment_id, instance)
+        if endpoint == "statistics":
+            return self.api.statistics(segment_id, instance)
+        result = self.api.amend(segment_id, body, instance, self.clock())
+        attributes = result["data"]["attributes"]
         with self._log_lock:
             self.patch_log.append(
                 {
-                    "segment_id": segment.id,
+                    "segment_id": segment_id,
                     "operation": attributes["operation"],
-                    "identifier_type": kind,
-                    "valid": len(valid),
-                    "invalid": len(invalid),
+                    "identifier_type": attributes["identifierType"],
+                    "valid": attributes["nbValidIdentifiers"],
+                    "invalid": attributes["nbInvalidIdentifiers"],
                 }
             )
-        result = {
-            "contactListId": int(segment.id),
-            "operation": attributes["operation"],
-            "identifierType": kind,
-            "nbValidIdentifiers": len(valid),
-            "nbInvalidIdentifiers": len(invalid),
-            "sampleInvalidIdentifiers": invalid[:5],
-            "requestDate": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-        }
-        return {"data": {"type": "ContactlistAmendment", "attributes": result}, "errors": [], "warnings": []}
+        return result
 
-    def _admin(self, request: Request) -> tuple[int, dict[str, Any], dict[str, str]]:
-        action = request.path.removeprefix("/__admin/")
-        if action == "state" and request.method == "GET":
-            segments = {
-                name: {**s, "members": {k: sorted(v) for k, v in s["members"].items()}}
-                for name, s in self.segments().items()
-            }
-            with self._log_lock:
-                calls = Counter(kind for _, kind, _ in self.calls)
-            return 200, {"segments": segments, "calls": dict(calls), "spec_violations": list(self.spec_violations)}, {}
-        if action == "faults" and request.method == "POST":
+    @staticmethod
+    def _read(operation: Operation, args: dict[str, Any], request: Request) -> tuple[Any, dict[str, Any], list[str]]:
+        """(JSON body, typed query parameters, every way the request breaks the spec)."""
+        template, method = operation.template, operation.method
+        query, found = spec.parameters(template, method, "query", request.args)
+        if "segment_id" in args:
+            found += spec.parameters(template, method, "path", {"audience-segment-id": args["segment_id"]})[1]
+        body = None
+        if spec.schema_name(template, method):
+            if request.mimetype != "application/json":
+                found.append(f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}")
             try:
-                self.faults.update(json.loads(request.get_data(as_text=True) or "{}"))
-            except (ValueError, KeyError, AttributeError) as error:
-                return 400, {"error": f"bad fault settings: {error}"}, {}
-            return 200, {"ok": True}, {}
-        if action == "reset" and request.method == "POST":
+                body = json.loads(request.get_data(), parse_constant=_refuse_constant)
+            except ValueError as error:
+                found.append(f"the body is not JSON: {error}")
+            else:
+                found += spec.request_problems(template, method, body)
+        return body, query, found
+
+    def _authorize(self, request: Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        valid_form = scheme.lower() == "bearer" and token
+        status = self.state.token_status(token.strip(), self.faults.token_epoch) if valid_form else "invalid"
+        if status != "ok":
+            raise problem(401, "authorization", f"authorization-token-{status}", f"the token is {status}", request.path)
+
+    def _apply_faults(self, instance: str) -> dict[str, str]:
+        """Sleep, then fail the call if a fault says so; the x-ratelimit-* headers for a call that goes on."""
+        faults = self.faults
+        if faults.latency_s > 0:
+            time.sleep(faults.latency_s)
+        if faults.down:
+            raise problem(503, "availability", "service-unavailable", "Criteo is down (emulated outage)", instance)
+        now = self.clock()
+        limited, headers = faults.count_call(now)
+        if limited:
+            raise problem(429, "quota", "rate-limited", "too many requests in this window", instance, headers)
+        status = faults.next_failure()
+        if status is None:
+            return headers
+        if status == 429:
+            limited_headers = rate_limit_headers(faults.rate_limit or NOMINAL_RATE_LIMIT, 0, math.ceil(now + 1))
+            raise problem(429, "quota", "rate-limited", "injected", instance, limited_headers)
+        if status == 401:
+            raise problem(401, "authorization", "authorization-token-expired", "injected", instance, headers)
+        kind = "availability" if status >= 500 else "access-control" if status == 403 else "validation"
+        raise problem(status, kind, _code(status), "injected fault", instance, headers)
+
+    def _token(self, request: Request) -> Result:
+        headers = self._apply_faults(request.path) if self.faults.token_errors else {}
+        form = request.form
+        missing = [name for name in ("client_id", "client_secret", "grant_type") if not form.get(name)]
+        if missing:
+            raise oauth_error(400, "invalid_request", f"missing form field(s): {', '.join(missing)}")
+        if form["grant_type"] != "client_credentials":
+            raise oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+        if (form["client_id"], form["client_secret"]) != (self.client_id, self.client_secret):
+            raise oauth_error(401, "invalid_client", "unknown client_id or wrong client_secret")
+        token = self.state.issue_token(self.faults.token_epoch)
+        body = {"access_token": token, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME_S, "refresh_token": None}
+        return 200, body, headers
+
+    def _admin(self, action: str, request: Request) -> Result:
+        """Inspection and control endpoints (no auth, never faulted, not counted in `calls`)."""
+        if action == "faults":
+            try:
+                settings = json.loads(request.get_data() or b"{}")
+                if not isinstance(settings, dict):
+                    raise ValueError("send a JSON object of fault settings")
+                self.faults.update(settings)
+            except ValueError as error:
+                raise problem(400, "validation", "invalid-fault-settings", str(error), request.path) from None
+            return 200, {"faults": self.faults.settings()}, {}
+        if action == "reset":
             self.reset()
-            return 200, {"ok": True}, {}
-        if action == "expire-tokens" and request.method == "POST":
+        elif action == "expire-tokens":
             self.expire_tokens()
-            return 200, {"ok": True}, {}
-        return 404, {"error": "unknown admin action"}, {}
+        return 200, self._snapshot(), {}
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Segments (members as sorted lists), call counts, spec violations and fault settings."""
+        segments = {
+            name: {**segment, "members": {kind: sorted(values) for kind, values in segment["members"].items()}}
+            for name, segment in self.segments().items()
+        }
+        calls = {kind: self.count(kind) for kind in CALL_KINDS}
+        with self._log_lock:
+            violations = list(self.spec_violations)
+        return {"segments": segments, "calls": calls, "spec_violations": violations, "faults": self.faults.settings()}
 
 
-def _kind_of(request: Request) -> str:
-    path = request.path
-    if path == "/oauth2/token":
-        return "token"
-    for suffix, kind in (("/search", "search"), ("/create", "create"), ("/statistics", "statistics")):
-        if path.endswith(suffix):
-            return kind
-    if path.endswith("/contact-list"):
-        return "patch" if request.method == "PATCH" else "delete"
-    return "other"
+def _summary(problems: list[str]) -> str:
+    """The first few problems in one line ('' when there are none)."""
+    more = len(problems) - _LISTED_PROBLEMS
+    return "; ".join(problems[:_LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
 
 
-def _resource(segment: Segment) -> dict[str, Any]:
-    attributes = {
-        "name": segment.name,
-        "advertiserId": segment.advertiser_id,
-        "type": "ContactList",
-        "description": segment.description,
-        "createdAt": segment.created_at,
-        "updatedAt": segment.created_at,
-        "contactList": {"isReadOnly": False},
-    }
-    return {"id": segment.id, "type": "AudienceSegment", "attributes": attributes}
+def _code(status: int) -> str:
+    """kebab-case reason phrase, e.g. 503 -> service-unavailable."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "-")
+    except ValueError:
+        return f"http-{status}"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

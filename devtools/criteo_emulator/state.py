@@ -1,85 +1,124 @@
-"""What the emulated Criteo account holds: contact-list segments and their members, and issued tokens."""
+"""What the emulated Criteo account holds: contact-list segments with their members, and issued tokens."""
 
 from __future__ import annotations
 
-import re
+import itertools
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from devtools.criteo_emulator.identifiers import IDENTIFIER_TYPES
 
 TOKEN_LIFETIME_S = 900
+FIRST_SEGMENT_ID = 100001
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_HEX = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_PHONE = re.compile(r"\+[0-9]{8,15}|[0-9a-f]{64}")
-_TOKEN = re.compile(r"\S+")
+TokenStatus = Literal["ok", "expired", "invalid"]
 
-VALIDATORS: dict[str, Callable[[str], bool]] = {
-    "email": lambda v: bool(_EMAIL.fullmatch(v) and v == v.strip().lower()) or bool(_HEX.fullmatch(v)),
-    "madid": lambda v: bool(_UUID.fullmatch(v)),
-    "phoneNumber": lambda v: bool(_PHONE.fullmatch(v)),
-    "identityLink": lambda v: bool(_TOKEN.fullmatch(v)),
-    "gum": lambda v: bool(_TOKEN.fullmatch(v)),
-}
+
+def iso_timestamp(unix_seconds: float) -> str:
+    """ISO-8601 UTC with milliseconds, as Criteo writes dates."""
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
 class Segment:
-    """One contact-list audience segment."""
+    """One contact-list audience segment; `members` maps identifier type to the identifiers as sent."""
 
     id: str
     name: str
     advertiser_id: str
-    description: str
+    description: str | None
     created_at: str
-    members: dict[str, set[str]] = field(default_factory=dict)
+    updated_at: str
+    members: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in IDENTIFIER_TYPES})
+
+
+@dataclass(frozen=True)
+class _Token:
+    expires_at: float
+    epoch: int
 
 
 class AccountState:
-    """Segments (by id), tokens, and a counter for new ids; every method is thread-safe."""
+    """Segments by id and issued tokens; `clock` (unix seconds) can be replaced to fake time.
 
-    def __init__(self) -> None:
+    Every method is thread-safe; callers that combine several reads and writes hold `lock` (re-entrant).
+    Segment ids keep increasing across `clear()`, so an id cached before a reset never points at a new segment.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.lock = threading.RLock()
         self.segments: dict[str, Segment] = {}
-        self.tokens: dict[str, float] = {}
-        self._next_id = 100001
+        self._tokens: dict[str, _Token] = {}
+        self._ids = itertools.count(FIRST_SEGMENT_ID)
 
-    def issue_token(self) -> str:
-        """A new bearer token valid for 15 minutes."""
-        token = secrets.token_urlsafe(24)
+    def clear(self) -> None:
+        """Forget every segment and token."""
         with self.lock:
-            self.tokens[token] = time.time() + TOKEN_LIFETIME_S
+            self.segments.clear()
+            self._tokens.clear()
+
+    def issue_token(self, epoch: int) -> str:
+        """A new bearer token, valid for TOKEN_LIFETIME_S while the token epoch stays `epoch`."""
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self._tokens[token] = _Token(self.clock() + TOKEN_LIFETIME_S, epoch)
         return token
 
-    def token_status(self, token: str) -> str:
-        """'ok', 'expired' or 'invalid'."""
+    def token_status(self, token: str, epoch: int) -> TokenStatus:
+        """'invalid' for a token never issued, 'expired' when too old or issued before a newer epoch."""
         with self.lock:
-            expires = self.tokens.get(token)
-        if expires is None:
+            issued = self._tokens.get(token)
+        if issued is None:
             return "invalid"
-        return "ok" if time.time() < expires else "expired"
+        return "ok" if issued.epoch >= epoch and self.clock() < issued.expires_at else "expired"
 
-    def expire_tokens(self) -> None:
-        """Make every issued token expired."""
+    def find(self, advertiser_id: str, name: str) -> Segment | None:
+        """The advertiser's segment with that name, if any."""
         with self.lock:
-            for token in self.tokens:
-                self.tokens[token] = 0.0
+            return next((s for s in self.segments.values() if (s.advertiser_id, s.name) == (advertiser_id, name)), None)
 
-    def create(self, advertiser_id: str, name: str, description: str) -> Segment | None:
-        """A new segment, or None when the name is taken for this advertiser."""
+    def create(self, advertiser_id: str, name: str, description: str | None) -> Segment | None:
+        """A new segment, or None when the advertiser already has one with that name."""
         with self.lock:
-            if any(s.name == name and s.advertiser_id == advertiser_id for s in self.segments.values()):
+            if self.find(advertiser_id, name):
                 return None
-            segment = Segment(
-                str(self._next_id),
-                name,
-                advertiser_id,
-                description,
-                time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-            )
-            self._next_id += 1
+            now = iso_timestamp(self.clock())
+            segment = Segment(str(next(self._ids)), name, advertiser_id, description, now, now)
             self.segments[segment.id] = segment
             return segment
+
+    def owned_by(self, advertiser_id: str) -> list[Segment]:
+        """The advertiser's segments, oldest first."""
+        with self.lock:
+            return [s for s in self.segments.values() if s.advertiser_id == advertiser_id]
+
+    def delete(self, advertiser_id: str, name: str) -> bool:
+        """Remove the advertiser's segment with that name; whether there was one."""
+        with self.lock:
+            segment = self.find(advertiser_id, name)
+            if segment:
+                del self.segments[segment.id]
+            return segment is not None
+
+    def amend(self, segment: Segment, operation: str, identifier_type: str, identifiers: Iterable[str]) -> None:
+        """Add or remove identifiers of one type."""
+        with self.lock:
+            members = segment.members[identifier_type]
+            if operation == "add":
+                members.update(identifiers)
+            else:
+                members.difference_update(identifiers)
+            segment.updated_at = iso_timestamp(self.clock())
+
+    def empty(self, segment: Segment) -> None:
+        """Remove every member."""
+        with self.lock:
+            for members in segment.members.values():
+                members.clear()
+            segment.updated_at = iso_timestamp(self.clock())

@@ -1,0 +1,132 @@
+"""The audience-segment endpoints' behaviour on an account, for bodies that already passed spec validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devtools.criteo_emulator.errors import problem
+from devtools.criteo_emulator.identifiers import is_valid
+from devtools.criteo_emulator.state import AccountState, Segment, iso_timestamp
+
+MAX_IDENTIFIERS = 50_000
+SAMPLE_INVALID = 5
+_SEGMENT_KINDS = {"contactList", "inMarket", "location", "lookalike", "prospecting", "retargeting"}
+
+
+class AudienceApi:
+    """Search, create, amend, empty and count contact lists of the one advertiser the client may see."""
+
+    def __init__(self, state: AccountState, advertiser_id: str) -> None:
+        self.state = state
+        self.advertiser_id = advertiser_id
+
+    def search(self, body: dict[str, Any], limit: int, offset: int, instance: str) -> dict[str, Any]:
+        """One page of the visible segments matching the filters (AND'ed)."""
+        if offset < 0:
+            raise problem(400, "validation", "invalid-offset", "offset must not be negative", instance)
+        filters = (body.get("data") or {}).get("attributes") or {}
+        advertisers = filters.get("advertiserIds")
+        ids = filters.get("audienceSegmentIds")
+        types = filters.get("audienceSegmentTypes")
+        found = [
+            s
+            for s in self.state.owned_by(self.advertiser_id)
+            if (advertisers is None or s.advertiser_id in advertisers)
+            and (ids is None or s.id in ids)
+            and (types is None or "ContactList" in types)
+        ]
+        return {
+            "data": [self._resource(s) for s in found[offset : offset + limit]],
+            "meta": {"totalItems": len(found), "limit": limit, "offset": offset},
+            "errors": [],
+            "warnings": [],
+        }
+
+    def create(self, body: dict[str, Any], instance: str) -> dict[str, Any]:
+        """Create every requested contact list, or none when one of them is refused."""
+        wanted = [item.get("attributes") or {} for item in body.get("data") or []]
+        if not wanted:
+            raise problem(400, "validation", "missing-segments", "data must list at least one segment", instance)
+        names = [attributes["name"] for attributes in wanted]
+        with self.state.lock:
+            for attributes in wanted:
+                if attributes["advertiserId"] != self.advertiser_id:
+                    detail = f"advertiser {attributes['advertiserId']} is not accessible to this application"
+                    raise problem(403, "access-control", "advertiser-not-accessible", detail, instance)
+                if "contactList" not in attributes or len(set(attributes) & _SEGMENT_KINDS) != 1:
+                    detail = "the emulator only creates contact lists: give contactList and no other segment kind"
+                    raise problem(400, "validation", "invalid-segment-type", detail, instance)
+                name = attributes["name"]
+                if names.count(name) > 1 or self.state.find(self.advertiser_id, name):
+                    raise problem(400, "validation", "name-must-be-unique", f"a segment is named {name!r}", instance)
+            created = [self.state.create(self.advertiser_id, a["name"], a.get("description")) for a in wanted]
+        return {"data": [self._resource(s) for s in created if s], "errors": [], "warnings": []}
+
+    def amend(self, segment_id: str, body: dict[str, Any], instance: str, now: float) -> dict[str, Any]:
+        """Add or remove the valid identifiers; count valid and invalid ones the way Criteo does."""
+        attributes = body["data"]["attributes"]
+        identifiers: list[str] = attributes["identifiers"]
+        operation, kind = attributes["operation"], attributes.get("identifierType", "email")
+        if not 1 <= len(identifiers) <= MAX_IDENTIFIERS:
+            detail = f"identifiers must hold 1 to {MAX_IDENTIFIERS} items, not {len(identifiers)}"
+            raise problem(400, "validation", "invalid-identifiers-count", detail, instance)
+        if kind == "gum" and "gumCallerId" not in attributes:
+            raise problem(400, "validation", "missing-gum-caller-id", "identifierType gum needs gumCallerId", instance)
+        segment = self.own_segment(segment_id, instance)
+        valid = [i for i in identifiers if is_valid(kind, i)]
+        invalid = [i for i in identifiers if not is_valid(kind, i)]
+        self.state.amend(segment, operation, kind, valid)
+        result = {
+            "contactListId": int(segment.id),
+            "operation": operation,
+            "identifierType": kind,
+            "nbValidIdentifiers": len(valid),
+            "nbInvalidIdentifiers": len(invalid),
+            "sampleInvalidIdentifiers": invalid[:SAMPLE_INVALID],
+            "requestDate": iso_timestamp(now),
+        }
+        return {"data": {"type": "ContactlistAmendment", "attributes": result}, "errors": [], "warnings": []}
+
+    def empty(self, segment_id: str, instance: str) -> dict[str, Any]:
+        """Remove every member of the contact list."""
+        segment = self.own_segment(segment_id, instance)
+        self.state.empty(segment)
+        data = {
+            "id": segment.id,
+            "type": "AudienceContactlist",
+            "attributes": {"name": segment.name, "description": segment.description},
+        }
+        return {"data": data, "errors": [], "warnings": []}
+
+    def statistics(self, segment_id: str, instance: str) -> dict[str, Any]:
+        """Identifier and match counts (the emulator matches every valid identifier at once)."""
+        segment = self.own_segment(segment_id, instance)
+        with self.state.lock:
+            count = sum(len(members) for members in segment.members.values())
+        attributes = {"numberOfIdentifiers": count, "numberOfMatches": count, "matchRate": 1.0 if count else 0.0}
+        data = {"id": segment.id, "type": "ContactListStatistics", "attributes": attributes}
+        return {"data": data, "errors": [], "warnings": []}
+
+    def own_segment(self, segment_id: str, instance: str) -> Segment:
+        """The segment, if it exists (else 404) and belongs to our advertiser (else 403 audience-invalid)."""
+        with self.state.lock:
+            segment = self.state.segments.get(segment_id)
+        if segment is None:
+            raise problem(404, "validation", "audience-not-found", f"no audience segment {segment_id}", instance)
+        if segment.advertiser_id != self.advertiser_id:
+            detail = f"audience segment {segment_id} belongs to another advertiser"
+            raise problem(403, "access-control", "audience-invalid", detail, instance)
+        return segment
+
+    @staticmethod
+    def _resource(segment: Segment) -> dict[str, Any]:
+        attributes = {
+            "name": segment.name,
+            "advertiserId": segment.advertiser_id,
+            "type": "ContactList",
+            "description": segment.description,
+            "createdAt": segment.created_at,
+            "updatedAt": segment.updated_at,
+            "contactList": {"isReadOnly": False},
+        }
+        return {"id": segment.id, "type": "AudienceSegment", "attributes": attributes}
