@@ -14,7 +14,7 @@ export SAM_CLI_TELEMETRY := 0
 
 LAMBDA_ARCH ?= arm64
 
-.PHONY: setup local serve test lint typecheck pytest validate build events lambda-image sam-invoke clean
+.PHONY: setup local serve test lint typecheck pytest validate build events lambda-image sam-invoke fuzz iac-scan clean
 
 $(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt
 	@test -n "$(PYTHON313)" || { echo "python3.13 is required (pyenv install 3.13, or put python3.13 on PATH)"; exit 1; }
@@ -54,11 +54,18 @@ events: setup ## regenerate events/*.json (signed with the local dev secret) fro
 	$(BIN)/python -m devtools.sample_events
 
 lambda-image: ## Docker engine + an offline python3.13 Lambda image (local/lambda-python:3.13-$(LAMBDA_ARCH))
-	bash scripts/docker-up.sh
-	bash scripts/build-lambda-image.sh $(LAMBDA_ARCH)
+	bash scripts/lambda-image/build.sh --arch $(LAMBDA_ARCH)
 
 sam-invoke: setup lambda-image ## sam local invoke of both functions against moto + the emulator, asserted
 	$(BIN)/python -m pytest tests/test_sam_local_invoke.py
+
+fuzz: setup ## 10,000+ generated requests against the local webhook: no 5xx, every answer per docs/webhook.openapi.yaml
+	$(BIN)/python -m devtools.fuzz_webhook $(ARGS)
+
+iac-scan: ## checkov (its own venv: it pins its own dependencies) on template.yaml; accepted findings: .checkov.yaml
+	@test -x .local/iac-venv/bin/checkov || { python3 -m venv .local/iac-venv && .local/iac-venv/bin/pip install --quiet --disable-pip-version-check checkov; }
+	@mkdir -p .local; .local/iac-venv/bin/checkov --config-file .checkov.yaml | tee .local/checkov.txt
+	@! grep -q "Parsing errors" .local/checkov.txt && grep -q "Passed checks: [1-9]" .local/checkov.txt || { echo "checkov could not read template.yaml"; exit 1; }
 
 clean:
 	rm -rf .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,8 @@
 """`sam local invoke` of both functions inside a Lambda container, against moto and the emulator on loopback.
 
-Needs a Docker engine and the offline image (`make lambda-image`); CI builds both first (CI=true).
+Needs a Docker engine and the offline image (`make lambda-image`); CI builds both first (CI=true). SAM CLI
+ignores `--docker-network host`, so the container reaches the host's loopback servers as
+`host.docker.internal` (env.json), forwarded by scripts/lambda-image/host-loopback.sh.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO, LocalAws, MotoServer, provision
 
 ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = ROOT / "scripts" / "lambda-image" / "host-loopback.sh"
+PORTS = ["4566", "8642"]
 IMAGE = os.environ.get("LAMBDA_IMAGE", "local/lambda-python:3.13-arm64")
 SAM = str(Path(sys.executable).parent / "sam")
 ENV = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -46,14 +50,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [SAM, "build", "--build-dir", str(build_dir)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
+    # Under qemu, importing uncompiled modules alone nearly uses the ingest function's 15 s timeout.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(build_dir)], check=True)
     return build_dir
 
 
 @pytest.fixture(scope="module")
 def services() -> Iterator[tuple[LocalAws, CriteoEmulator]]:
-    """moto and the emulator on the ports env.json names."""
-    with MotoServer(port=4566) as moto, CriteoEmulator(port=8642, **{k: DEV_CRITEO[k] for k in DEV_CRITEO}) as criteo:
-        yield provision(moto.endpoint, prefix="local"), criteo
+    """moto and the emulator on the ports env.json names, reachable from containers."""
+    subprocess.run(["bash", str(LOOPBACK), "enable", *PORTS], check=True, capture_output=True)
+    try:
+        with MotoServer(port=4566) as moto, CriteoEmulator(port=8642, **DEV_CRITEO) as criteo:
+            yield provision(moto.endpoint, prefix="local"), criteo
+    finally:
+        subprocess.run(["bash", str(LOOPBACK), "disable", *PORTS], check=False, capture_output=True)
 
 
 def invoke(built: Path, function: str, event: str) -> dict[str, object]:
@@ -68,8 +78,8 @@ def invoke(built: Path, function: str, event: str) -> dict[str, object]:
         f"events/{event}",
         "--env-vars",
         "env.json",
-        "--docker-network",
-        "host",
+        "--add-host",
+        "host.docker.internal:host-gateway",
         "--invoke-image",
         IMAGE,
         "--skip-pull-image",
