@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import requests
+
+from audience_sync.webhook_auth import signature_of
+from devtools.local_aws import DEV_WEBHOOK_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,3 +54,33 @@ def test_local_pipeline_replays_samples_and_prints_the_audiences() -> None:
     assert summary["criteo_calls"]["token"] == 1
     for name, row in audiences.items():
         assert f"{name}" in out and str(row["id"]) in out
+
+
+def test_serve_mode_answers_curl_and_ctrl_c_leaves_no_process_behind() -> None:
+    command = [sys.executable, "-m", "devtools.local_pipeline", "--serve", "--moto-port", "0", "--criteo-port", "0"]
+    for _ in range(2):  # a second run works too
+        server = subprocess.Popen(
+            [*command, "--gateway-port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert server.stdout is not None
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("Serving."):
+                break
+        url = line.split(" to ")[-1].strip()
+        own = b'{"type":"track","event":"Audience Entered","messageId":"curl-1","timestamp":"2026-11-22T10:00:00Z",'
+        own += b'"properties":{"audience_key":"mine"},"context":{"traits":{"email":"me@example.com"}}}'
+        answer = requests.post(
+            url,
+            data=own,
+            headers={"Content-Type": "application/json", "X-Signature": signature_of(own, DEV_WEBHOOK_SECRET)},
+            timeout=30,
+        )
+        assert answer.status_code == 200 and answer.json()["accepted"] == 1
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "moto runs in its own process"
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0, "".join(lines)
+        for pid in children:
+            assert subprocess.run(["ps", "-p", pid], capture_output=True).returncode != 0, f"stray process {pid}"
