@@ -37,12 +37,20 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy layers/common functions devtools
+	$(BIN)/mypy layers/common functions devtools bench
 
 pytest: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest ## everything CI checks
+
+bench: setup ## every benchmark (~10 min): table, bench/results.json, bench/scaling.png
+	$(BIN)/python -m bench $(ARGS)
+
+bench-quick: setup ## the benchmarks at small sizes (what CI checks runs)
+	$(BIN)/python -m bench --quick --out .local/bench $(ARGS)
+
+.PHONY: bench bench-quick
 
 validate: setup
 	sam validate --lint
@@ -58,6 +66,13 @@ lambda-image: ## Docker engine + an offline python3.13 Lambda image (local/lambd
 
 sam-invoke: setup lambda-image ## sam local invoke of both functions against moto + the emulator, asserted
 	$(BIN)/python -m pytest tests/test_sam_local_invoke.py
+
+.PHONY: chaos redrive
+chaos: setup ## chaos soak: 100k events, Criteo 5xx/429/latency/token expiry, sync worker SIGKILLed; exact or exit 1
+	$(BIN)/python -m devtools.chaos $(ARGS)
+
+redrive: setup ## move the local stack's DLQ back to its queue (AWS: aws sqs start-message-move-task, see README)
+	$(BIN)/python -m devtools.redrive $(ARGS)
 
 fuzz: setup ## 10,000+ generated requests against the local webhook: no 5xx, every answer per docs/webhook.openapi.yaml
 	$(BIN)/python -m devtools.fuzz_webhook $(ARGS)
