@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 from devtools.criteo_emulator import CriteoEmulator
@@ -27,6 +27,8 @@ class StackSettings:
     retry_delay_seconds: int = 1
     with_poller: bool = True
     log_level: str = "WARNING"
+    visibility_timeout: int = 30
+    function_env: dict[str, str] = field(default_factory=dict)  # extra handler settings, e.g. IDENTIFIER_TYPES
 
 
 class LocalStack:
@@ -60,15 +62,21 @@ class LocalStack:
         self.moto.start()
         self._started.append(self.moto)
         self.aws: LocalAws = provision(
-            self.moto.endpoint, prefix="local", max_receive_count=self.settings.max_receive_count, visibility_timeout=30
+            self.moto.endpoint,
+            prefix="local",
+            max_receive_count=self.settings.max_receive_count,
+            visibility_timeout=self.settings.visibility_timeout,
         )
         self.criteo.start()
         self._started.append(self.criteo)
-        env = self.aws.function_env(
-            self.criteo.url, POWERTOOLS_LOG_LEVEL=self.settings.log_level, POWERTOOLS_METRICS_DISABLED="true"
+        self.env = self.aws.function_env(
+            self.criteo.url,
+            POWERTOOLS_LOG_LEVEL=self.settings.log_level,
+            POWERTOOLS_METRICS_DISABLED="true",
+            **self.settings.function_env,
         )
-        self.ingest: ModuleType = load_function("ingest", env)
-        self.sync: ModuleType = load_function("sync", env)
+        self.ingest: ModuleType = load_function("ingest", self.env)
+        self.sync: ModuleType = load_function("sync", self.env)
         self.gateway = LocalGateway(self.ingest.handler, self.settings.gateway_port)
         self.gateway.start()
         self._started.append(self.gateway)

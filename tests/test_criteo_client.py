@@ -96,3 +96,11 @@ def test_search_pages_through_every_segment(criteo: CriteoEmulator) -> None:
     api = client(criteo)
     assert len(dict(api.search_contact_lists())) == 230
     assert api.stats.calls["search"] == 3
+
+
+def test_token_expiring_again_within_one_call_is_transient_not_bad_credentials(criteo: CriteoEmulator) -> None:
+    api = client(criteo)
+    list(api.search_contact_lists())
+    criteo.faults.fail_next = [401, 401]  # expired, refreshed, expired again: e.g. a call slowed by backoffs
+    assert len(list(api.search_contact_lists())) == 0
+    assert api.stats.token_refreshes == 2 and api.stats.retries == 1

@@ -114,7 +114,8 @@ class AudienceSync:
 
     def _apply_fresh(self, audience_key: str, items: list[Sourced], report: SyncReport) -> list[Sourced]:
         applied_versions = self.store.versions(state_key(item.change) for item in items)
-        fresh = [i for i in items if applied_versions.get(state_key(i.change), "") <= i.change.version]
+        # Strictly newer only: an equal stored version was saved after Criteo accepted that very change.
+        fresh = [i for i in items if applied_versions.get(state_key(i.change), "") < i.change.version]
         report.counts["stale_dropped"] += len(items) - len(fresh)
         applied: list[Sourced] = []
         for plan in plan_contact_list_patches(fresh):

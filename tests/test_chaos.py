@@ -1,0 +1,53 @@
+"""The chaos soak, CI-sized: the same code as `make chaos` with a few thousand events."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from devtools.chaos import compare
+from devtools.chaos_events import criteo_identifier, expected_members, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+CI_SOAK = [
+    *("--events", "2000", "--audiences", "3", "--batch-size", "4", "--function-timeout", "9"),
+    *("--max-receive-count", "8", "--expire-tokens-every", "3", "--rate-limit", "10", "--rate-window-seconds", "1"),
+]
+
+
+def test_ci_sized_chaos_soak_ends_exact() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "devtools.chaos", *CI_SOAK, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert "wrong = 0, lost = 0" in done.stdout and "\nPASS" in done.stdout
+    figures = json.loads(done.stdout[done.stdout.index("\n{") :])
+    assert figures["sync"]["killed_mid_batch"]["patches_before_kill"] >= 1
+    assert figures["sync"]["workers_started"] >= 2
+    assert figures["ingest"]["accepted"] == figures["events"]["sent"] > figures["events"]["unique"]
+    patch_statuses = figures["criteo_calls"]["patch"]
+    assert {"200", "429", "503"} <= set(patch_statuses), "the soak must actually inject 5xx and 429"
+    assert figures["sync"]["token_expiries_forced"] >= 1 and figures["sync"]["messages_handed_back"] >= 1
+    assert figures["dead_letters"] == {} and figures["spec_violations"] == []
+
+
+def test_truth_is_independent_and_the_comparison_catches_differences() -> None:
+    stream = generate(200, 2, seed=5)
+    assert len(stream.delivered) > len(stream.events) and stream.flipped_pairs > 0
+    expected = expected_members(stream.events)
+    one = next(iter(stream.events))
+    raw = one.raw_identifiers()["email"]
+    assert criteo_identifier("email", raw) == criteo_identifier("email", f"  {raw.upper()} ")
+    actual = {name: {"members": {t: sorted(v) for t, v in by_type.items()}} for name, by_type in expected.items()}
+    assert all(row["wrong"] == row["lost"] == 0 for row in compare(expected, actual).values())
+    name = next(iter(actual))
+    members = actual[name]["members"]
+    members["email"] = [*members["email"][1:], "f" * 64]  # one lost, one wrong
+    row = compare(expected, actual)[name]
+    assert (row["wrong"], row["lost"]) == (1, 1)

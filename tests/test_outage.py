@@ -1,0 +1,166 @@
+"""Outage and recovery on the real servers: Criteo down past maxReceiveCount, redrive, poison, AWS outages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audience_sync.records import AudienceChange, pack_changes
+from devtools.aws_outage import AwsOutageProxy
+from devtools.criteo_emulator import CriteoEmulator
+from devtools.local_aws import MotoServer
+from devtools.redrive import redrive, sqs_client
+from tests.conftest import Stack, make_stack
+from tests.segment_events import answer, audience_event, signed
+
+PREFIX = "segment_"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sha(email: str) -> str:
+    return hashlib.sha256(email.encode()).hexdigest()
+
+
+def members(stack: Stack, audience: str, id_type: str = "email") -> set[str]:
+    segment = stack.criteo.segments().get(PREFIX + audience)
+    return set(segment["members"].get(id_type, set())) if segment else set()
+
+
+def queue_length(stack: Stack, url: str) -> int:
+    attributes = stack.aws.client("sqs").get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def dead_letters(stack: Stack) -> Iterator[tuple[str, str]]:
+    """(reason up to its first colon, body) of every DLQ message, removed from the DLQ."""
+    sqs = stack.aws.client("sqs")
+    url = stack.aws.dead_letter_queue_url
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+        "Messages", []
+    ):
+        for message in messages:
+            yield message["MessageAttributes"]["reason"]["StringValue"].split(":")[0], message["Body"]
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_long_criteo_outage_dead_letters_then_redrive_restores_exact_state(
+    moto_server: MotoServer, criteo: CriteoEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = make_stack(moto_server, criteo, max_receive_count=2)
+    events = [audience_event(f"in{i}", f"aud{i % 2}", True, email=f"user{i}@example.com") for i in range(40)]
+    events += [audience_event("out3", "aud1", False, email="user3@example.com", timestamp="2026-11-20T11:00:00Z")]
+    assert answer(stack.invoke_ingest(signed(events)))[0] == 200
+    criteo.faults.down = True
+    stack.poller(function_timeout_seconds=6).drain(max_seconds=90)  # every delivery fails; SQS parks it
+    assert queue_length(stack, stack.aws.queue_url) == 0
+    assert queue_length(stack, stack.aws.dead_letter_queue_url) == 1
+    assert criteo.segments() == {}
+    reasons = [getattr(r, "reason", "") for r in caplog.records if r.getMessage().startswith("Criteo call failed")]
+    assert reasons and all("Criteo unavailable (HTTP 503)" in reason for reason in reasons)  # the why, in the logs
+
+    criteo.faults.down = False
+    result = redrive(sqs_client(moto_server.endpoint), stack.aws.dead_letter_queue_url, stack.aws.queue_url)
+    assert (result.method, result.moved) == ("manual", 1)  # moto has no StartMessageMoveTask
+    assert result.reasons == {"max receives reached": 1}
+    stack.poller().drain()
+    assert members(stack, "aud0") == {sha(f"user{i}@example.com") for i in range(0, 40, 2)}
+    assert members(stack, "aud1") == {sha(f"user{i}@example.com") for i in range(1, 40, 2)} - {sha("user3@example.com")}
+    assert queue_length(stack, stack.aws.dead_letter_queue_url) == 0
+
+
+def test_redrive_command_line_moves_messages_back(moto_server: MotoServer, criteo: CriteoEmulator) -> None:
+    stack = make_stack(moto_server, criteo)
+    stack.aws.client("sqs").send_message(QueueUrl=stack.aws.dead_letter_queue_url, MessageBody='{"v":1,"r":[]}')
+    command = [sys.executable, "-m", "devtools.redrive", "--endpoint", moto_server.endpoint]
+    command += ["--dlq-url", stack.aws.dead_letter_queue_url, "--queue-url", stack.aws.queue_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "moved 1 message(s)" in done.stdout
+    assert [m["body"] for m in stack.queued_bodies()] == [{"v": 1, "r": []}]
+
+
+def test_poison_records_are_reported_and_do_not_block_other_audiences(
+    stack: Stack, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [
+        AudienceChange(f"aud{i % 3}", "", "add", "email", sha(f"u{i}@example.com"), 1000 + i, f"m{i}")
+        for i in range(30)
+    ]
+    # A record type Criteo's spec refuses (400 validation), packed in the same message as good records.
+    poison = AudienceChange("aud0", "", "add", "notAType", "whatever", 5000, "bad1")
+    sqs = stack.aws.client("sqs")
+    for body in pack_changes([*good[:15], poison, *good[15:]]):
+        sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody=body)
+    sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody='{"v": 1, "r": [["truncated')
+    stack.poller().drain()
+    provoked, stack.criteo.spec_violations[:] = list(stack.criteo.spec_violations), []
+    assert len(provoked) == 1 and "'notAType' is not one of" in provoked[0]  # the refusal we provoked on purpose
+    for audience in ("aud0", "aud1", "aud2"):
+        assert members(stack, audience) == {sha(f"u{i}@example.com") for i in range(30) if f"aud{i % 3}" == audience}
+    parked = dict(dead_letters(stack))
+    assert sorted(parked) == ["Criteo answered 400 invalid-request", "undecodable message"]
+    assert json.loads(parked["Criteo answered 400 invalid-request"])["r"] == [
+        list(poison)
+    ]  # not its message's neighbours
+    assert "records sent to the dead-letter queue" in capsys.readouterr().out + caplog.text
+
+
+@pytest.fixture
+def outage_proxy(moto_server: MotoServer) -> Iterator[AwsOutageProxy]:
+    proxy = AwsOutageProxy(moto_server.endpoint)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def proxied_stack(moto_server: MotoServer, criteo: CriteoEmulator, proxy: AwsOutageProxy) -> Stack:
+    # Botocore's own retries would only slow the test down: one retry, like a short Lambda budget.
+    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "2"}
+    return make_stack(moto_server, criteo, env=env)
+
+
+@pytest.mark.parametrize("service", ["secretsmanager", "sqs"])
+def test_ingest_answers_503_while_a_dependency_is_down_and_segments_retry_is_accepted(
+    moto_server: MotoServer, criteo: CriteoEmulator, outage_proxy: AwsOutageProxy, service: str
+) -> None:
+    stack = proxied_stack(moto_server, criteo, outage_proxy)
+    request = signed([audience_event(f"m{i}", "aud", True, email=f"u{i}@example.com") for i in range(50)])
+    outage_proxy.down = {service}
+    status, body = answer(stack.invoke_ingest(request))
+    assert (status, body["error"]["code"]) == (503, "service_unavailable")
+    assert outage_proxy.refused[service] >= 1
+    assert stack.queued_bodies() == []
+    outage_proxy.down = set()
+    status, body = answer(stack.invoke_ingest(request))  # Segment retries the same request
+    assert (status, body["accepted"]) == (200, 50)
+    rows = [row for message in stack.queued_bodies() for row in message["body"]["r"]]
+    assert sorted(row[4] for row in rows) == sorted(sha(f"u{i}@example.com") for i in range(50))
+
+
+def test_sqs_failing_midway_through_a_request_loses_nothing(
+    moto_server: MotoServer, criteo: CriteoEmulator, outage_proxy: AwsOutageProxy
+) -> None:
+    stack = proxied_stack(moto_server, criteo, outage_proxy)
+    events = [audience_event(f"m{i}", f"aud{i % 2}", i % 5 != 0, email=f"u{i}@example.com") for i in range(4000)]
+    request = signed(events)
+    assert answer(stack.invoke_ingest(signed(audience_event("warm", "aud0", True))))[0] == 200  # secret cached
+    outage_proxy.allowed = {"sqs": 1}  # the first SendMessageBatch goes through, then SQS is down
+    status, body = answer(stack.invoke_ingest(request))
+    assert (status, body["error"]["code"]) == (503, "service_unavailable")
+    assert queue_length(stack, stack.aws.queue_url) > 1, "part of the request was written before SQS went down"
+    outage_proxy.down = set()
+    assert answer(stack.invoke_ingest(request))[0] == 200
+    stack.poller().drain()
+    for audience in ("aud0", "aud1"):
+        expected = {sha(f"u{i}@example.com") for i in range(4000) if f"aud{i % 2}" == audience and i % 5 != 0}
+        if audience == "aud0":
+            expected.add(sha("jane.doe@example.com"))
+        assert members(stack, audience) == expected
