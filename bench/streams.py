@@ -110,6 +110,17 @@ class Minimum:
         return self.patches_per_batch + tokens + self.new_audiences
 
 
+def _newest_per_user(changes: list[AudienceChange]) -> dict[tuple[str, str, str], AudienceChange]:
+    """The newest change per (audience, type, identifier), by (timestamp, messageId)."""
+    newest: dict[tuple[str, str, str], AudienceChange] = {}
+    for change in changes:
+        key = (change.audience_key, change.identifier_type, change.identifier)
+        held = newest.get(key)
+        if held is None or (change.timestamp_ms, change.message_id) > (held.timestamp_ms, held.message_id):
+            newest[key] = change
+    return newest
+
+
 def minimum_calls(changes: list[AudienceChange], batches: list[list[AudienceChange]]) -> Minimum:
     """Per batch: newest change per (audience, type, identifier), minus what an earlier batch already applied
     at the same or a newer version; then groups x ceil(n / 50,000). Also the same for the stream in one batch."""
@@ -117,14 +128,8 @@ def minimum_calls(changes: list[AudienceChange], batches: list[list[AudienceChan
     per_batch = 0
     identifiers = 0
     for batch in batches:
-        newest: dict[tuple[str, str, str], AudienceChange] = {}
-        for change in batch:
-            key = (change.audience_key, change.identifier_type, change.identifier)
-            held = newest.get(key)
-            if held is None or (change.timestamp_ms, change.message_id) > (held.timestamp_ms, held.message_id):
-                newest[key] = change
         groups: Counter[tuple[str, str, str]] = Counter()
-        for key, change in newest.items():
+        for key, change in _newest_per_user(batch).items():
             version = (change.timestamp_ms, change.message_id)
             if key in applied and applied[key] >= version:
                 continue
@@ -132,12 +137,7 @@ def minimum_calls(changes: list[AudienceChange], batches: list[list[AudienceChan
             groups[(change.audience_key, change.operation, change.identifier_type)] += 1
         per_batch += _patches(groups)
         identifiers += sum(groups.values())
-    whole: dict[tuple[str, str, str], AudienceChange] = {}
-    for change in changes:
-        key = (change.audience_key, change.identifier_type, change.identifier)
-        held = whole.get(key)
-        if held is None or (change.timestamp_ms, change.message_id) > (held.timestamp_ms, held.message_id):
-            whole[key] = change
+    whole = _newest_per_user(changes)
     whole_groups = Counter((c.audience_key, c.operation, c.identifier_type) for c in whole.values())
     audiences = len({c.audience_key for c in changes})
     return Minimum(per_batch, _patches(whole_groups), audiences, identifiers)

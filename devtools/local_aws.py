@@ -44,6 +44,7 @@ class LocalAws:
     webhook_secret_arn: str
     criteo_secret_arn: str
     ordering_table: str
+    max_receive_count: int = 5
 
     def client(self, service: str) -> Any:
         """A boto3 client talking to the local moto server."""
@@ -65,6 +66,7 @@ class LocalAws:
             "CRITEO_SECRET_ARN": self.criteo_secret_arn,
             "ORDERING_TABLE": self.ordering_table,
             "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
+            "MAX_RECEIVE_COUNT": str(self.max_receive_count),
             "CRITEO_BASE_URL": criteo_url,
             "POWERTOOLS_SERVICE_NAME": "segment-criteo-sync",
             "POWERTOOLS_METRICS_NAMESPACE": "SegmentCriteoSync",
@@ -162,7 +164,7 @@ def provision(
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table)
+    return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table, max_receive_count)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ MAX_IDENTIFIERS_PER_PATCH = 50_000
 class WorkerConfig:
     """Everything a worker process needs."""
 
-    aws: dict[str, str]
+    aws: dict[str, Any]
     env: dict[str, str]
     report: str
     batch_size: int = 1000

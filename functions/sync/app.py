@@ -57,6 +57,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
     sync = AudienceSync(criteo, store, dead_letters, settings.audience_name_prefix, seconds_left)
     report = sync.run(messages)
+    receive_counts = {
+        record["messageId"]: int(record.get("attributes", {}).get("ApproximateReceiveCount", 0))
+        for record in event.get("Records", [])
+    }
+    sync.park_exhausted(report, dict(messages), receive_counts, settings.max_receive_count)
     counts = dict(report.counts)
     counts.update(
         criteo_calls=criteo.stats.total_calls,

@@ -55,6 +55,7 @@ class SyncSettings:
     audience_name_prefix: str = "segment_"
     secret_max_age_seconds: int = 300
     lock_seconds: int = 960
+    max_receive_count: int = 0  # the queue's maxReceiveCount: on that delivery a failing message is parked by us
 
     @classmethod
     def from_env(cls) -> SyncSettings:
@@ -68,4 +69,5 @@ class SyncSettings:
             audience_name_prefix=os.environ.get("AUDIENCE_NAME_PREFIX", "segment_"),
             secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
             lock_seconds=int(os.environ.get("AUDIENCE_LOCK_SECONDS", 960)),
+            max_receive_count=int(os.environ.get("MAX_RECEIVE_COUNT", 0)),
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from audience_sync.criteo.client import CriteoClient
@@ -26,7 +26,14 @@ class SyncReport:
     """SQS message ids to hand back, and counters for metrics."""
 
     failed_message_ids: set[str] = field(default_factory=set)
+    reasons: dict[str, str] = field(default_factory=dict)  # message id -> why it comes back (first reason wins)
     counts: Counter[str] = field(default_factory=Counter)
+
+    def hand_back(self, message_ids: Iterable[str], reason: str) -> None:
+        """Report messages as failed, so SQS delivers them again."""
+        for message_id in message_ids:
+            self.failed_message_ids.add(message_id)
+            self.reasons.setdefault(message_id, reason)
 
 
 class DeadLetters:
@@ -70,11 +77,32 @@ class AudienceSync:
             by_audience.setdefault(item.change.audience_key, []).append(item)
         for audience_key, audience_items in sorted(by_audience.items()):
             if report.counts["config_errors"] or self.seconds_left() < SAFETY_SECONDS:
-                report.failed_message_ids.update(i.message_id for i in audience_items)
+                reason = "Criteo credentials rejected" if report.counts["config_errors"] else "out of time"
+                report.hand_back((i.message_id for i in audience_items), reason)
                 continue
             self._sync_audience(audience_key, audience_items, report)
         report.counts["failed_messages"] = len(report.failed_message_ids)
         return report
+
+    def park_exhausted(
+        self, report: SyncReport, messages: dict[str, str], receive_counts: dict[str, int], limit: int
+    ) -> None:
+        """Messages failing on their last allowed delivery go to the DLQ ourselves, with the reason attached.
+
+        SQS would move them anyway after `limit` receives, but without saying why; we know why.
+        """
+        for message_id in sorted(report.failed_message_ids):
+            received = receive_counts.get(message_id, 0)
+            if limit <= 0 or received < limit:
+                continue
+            reason = f"still failing after {received} deliveries: {report.reasons.get(message_id, 'unknown')}"
+            try:
+                self.dead_letters.send([messages[message_id]], reason)
+            except DependencyUnavailable:
+                continue  # SQS's own redrive policy parks it instead
+            report.failed_message_ids.discard(message_id)
+            report.counts["parked_messages"] += 1
+        report.counts["failed_messages"] = len(report.failed_message_ids)
 
     def _decode(self, messages: list[tuple[str, str]], report: SyncReport) -> list[Sourced]:
         items: list[Sourced] = []
@@ -86,7 +114,7 @@ class AudienceSync:
                 try:
                     self.dead_letters.send([body], f"undecodable message: {error}")
                 except DependencyUnavailable:
-                    report.failed_message_ids.add(message_id)
+                    report.hand_back([message_id], "dead-letter queue unavailable")
                 continue
             report.counts["records_in"] += len(changes)
             items.extend(Sourced(change, message_id) for change in changes)
@@ -97,18 +125,18 @@ class AudienceSync:
         try:
             if not self.store.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS)):
                 report.counts["lock_timeouts"] += 1
-                report.failed_message_ids.update(message_ids)
+                report.hand_back(message_ids, "another invocation held the audience's lease")
                 return
         except DependencyUnavailable as error:
             logger.warning("ordering store unavailable", extra={"reason": str(error)})
-            report.failed_message_ids.update(message_ids)
+            report.hand_back(message_ids, "ordering store unavailable")
             return
         try:
             applied = self._apply_fresh(audience_key, items, report)
             self.store.save({state_key(item.change): item.change.version for item in applied})
         except DependencyUnavailable as error:
             logger.warning("ordering store unavailable", extra={"reason": str(error)})
-            report.failed_message_ids.update(message_ids)
+            report.hand_back(message_ids, "ordering store unavailable")
         finally:
             self.store.release(audience_key)
 
@@ -148,11 +176,11 @@ class AudienceSync:
         except InvalidCredentials as error:
             report.counts["config_errors"] += 1
             logger.error("Criteo credentials rejected: fix the Criteo secret", extra={"reason": str(error)})
-            report.failed_message_ids.update(plan.message_ids)
+            report.hand_back(plan.message_ids, "Criteo credentials rejected")
             return False
         except CriteoError as error:
             logger.warning("Criteo call failed; records go back to SQS", extra={"reason": str(error)})
-            report.failed_message_ids.update(plan.message_ids)
+            report.hand_back(plan.message_ids, str(error))
             return False
         valid = int(result.get("nbValidIdentifiers") or 0)
         report.counts["identifiers_added" if plan.operation == ADD else "identifiers_removed"] += valid
