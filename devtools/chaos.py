@@ -25,7 +25,7 @@ from typing import Any
 import requests
 
 from devtools.chaos_events import ID_TYPES, ChaosEvent, expected_members, generate, single_batch_patches
-from devtools.local_aws import DEV_CRITEO
+from devtools.local_aws import DEV_CRITEO, DEV_WEBHOOK_SECRET
 from devtools.local_pipeline import dead_letters, post
 from devtools.local_stack import LocalStack, StackSettings
 from devtools.log_scan import leaks
@@ -264,7 +264,8 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         batches = workers.report()
         calls = criteo_calls(stack)
         log = "".join((Path(tmp) / name).read_text(errors="replace") for name in ("worker.log", "ingest.log"))
-        log_leaks = leaks(log, [DEV_CRITEO["client_secret"]])
+        secrets = [DEV_CRITEO["client_secret"], DEV_WEBHOOK_SECRET, *stack.criteo.state.issued_tokens()]
+        log_leaks = leaks(log, [*secrets, *stream.clear_identifiers()])
         metrics = sync_metrics(log)
     rows = compare(expected, state["segments"])
     starts = [b for b in batches if b["event"] == "start"]

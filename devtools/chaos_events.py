@@ -95,6 +95,14 @@ class ChaosStream:
     delivered: list[ChaosEvent]
     flipped_pairs: int
 
+    def clear_identifiers(self) -> set[str]:
+        """Every identifier that must never reach a log: as sent, and as normalized but not hashed."""
+        found: set[str] = set()
+        for event in self.events:
+            for raw in event.raw_identifiers().values():
+                found.update({raw, raw.strip(), raw.strip().lower()})
+        return found
+
 
 def generate(count: int, audiences: int, seed: int, duplicate_share: float = 0.1) -> ChaosStream:
     """`count` unique events over `audiences` audiences: (audience, user) pairs get 1-4 alternating

@@ -63,6 +63,11 @@ class AccountState:
             self.segments.clear()
             self._tokens.clear()
 
+    def issued_tokens(self) -> list[str]:
+        """Every bearer token handed out since the last `clear()` (for leak scans of our logs)."""
+        with self.lock:
+            return list(self._tokens)
+
     def issue_token(self, epoch: int) -> str:
         """A new bearer token, valid for TOKEN_LIFETIME_S while the token epoch stays `epoch`."""
         token = secrets.token_urlsafe(32)
