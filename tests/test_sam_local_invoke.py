@@ -86,7 +86,9 @@ def invoke(built: Path, function: str, event: str) -> dict[str, object]:
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    last = [line for line in result.stdout.strip().splitlines() if line.startswith("{")][-1]
+    answers = [line for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    assert answers, f"no answer from {function}: {result.stderr[-2000:]}"  # e.g. a timeout under qemu
+    last = answers[-1]
     answer: dict[str, object] = json.loads(last)
     return answer
 
