@@ -266,6 +266,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         log = "".join((Path(tmp) / name).read_text(errors="replace") for name in ("worker.log", "ingest.log"))
         secrets = [DEV_CRITEO["client_secret"], DEV_WEBHOOK_SECRET, *stack.criteo.state.issued_tokens()]
         log_leaks = leaks(log, [*secrets, *stream.clear_identifiers()])
+        log_lines = log.count("\n")
         metrics = sync_metrics(log)
     rows = compare(expected, state["segments"])
     starts = [b for b in batches if b["event"] == "start"]
@@ -310,6 +311,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         "dead_letters": parked,
         "spec_violations": state["spec_violations"],
         "log_leaks": log_leaks,
+        "log_lines_scanned": log_lines,
         "logs": tmp if settings.keep_logs else None,
         "seconds": {
             "send": round(ingested.finished - started, 1),
@@ -386,6 +388,10 @@ def print_figures(figures: dict[str, Any]) -> None:
     parked = figures["dead_letters"]
     print(f"\nwrong = {figures['wrong']}, lost = {figures['lost']}")
     print("Dead-letter queue: " + ("empty" if not parked else "; ".join(f"{n} x {r}" for r, n in parked.items())))
+    print(
+        f"Log scan: {figures['log_lines_scanned']:,} lines (ingest + sync) for emails, clear identifiers, tokens "
+        f"and secrets: {len(figures['log_leaks'])} found"
+    )
     seconds = figures["seconds"]
     print(
         f"Time: sending {seconds['send']}s, drained {seconds['drain_after_last_event']}s after the last event"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ def test_ci_sized_chaos_soak_ends_exact() -> None:
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     assert "wrong = 0, lost = 0" in done.stdout and "\nPASS" in done.stdout
+    assert re.search(r"Log scan: [1-9][\d,]* lines .*: 0 found", done.stdout)  # the logs were there, and clean
     figures = json.loads(done.stdout[done.stdout.index("\n{") :])
     assert figures["sync"]["killed_mid_batch"]["patches_before_kill"] >= 1
     assert figures["sync"]["workers_started"] >= 2
