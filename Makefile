@@ -44,7 +44,7 @@ pytest: setup
 
 test: lint typecheck pytest ## everything CI checks
 
-bench: setup ## every benchmark (~10 min): table, bench/results.json, bench/scaling.png
+bench: setup ## every benchmark (~6 min): table, bench/results.json, bench/scaling.png
 	$(BIN)/python -m bench $(ARGS)
 
 bench-quick: setup ## the benchmarks at small sizes (what CI checks runs)

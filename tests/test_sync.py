@@ -206,3 +206,29 @@ def test_invalid_identifiers_are_counted_not_retried(stack: Stack, capsys: pytes
     assert sum(sum(m.get("invalid_identifiers", [0])) for m in metrics) == 1
     assert stack.criteo.count("patch") == 1
     assert "definitely not valid" not in json.dumps(metrics)
+
+
+def test_incomplete_criteo_secret_hands_back_then_parks_with_the_reason_on_the_last_delivery(
+    moto_server,
+    criteo,  # type: ignore[no-untyped-def]
+) -> None:
+    stack = make_stack(moto_server, criteo, max_receive_count=2, criteo_credentials={"client_id": "only-this"})
+    enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
+    sqs = stack.aws.client("sqs")
+
+    def deliver() -> tuple[str, dict[str, Any]]:
+        [message] = sqs.receive_message(
+            QueueUrl=stack.aws.queue_url, AttributeNames=["All"], VisibilityTimeout=0, MaxNumberOfMessages=1
+        )["Messages"]
+        record = {"messageId": message["MessageId"], "body": message["Body"], "attributes": message["Attributes"]}
+        return message["MessageId"], stack.sync.handler({"Records": [record]}, FakeContext(timeout_seconds=10))
+
+    message_id, first = deliver()
+    assert first["batchItemFailures"] == [{"itemIdentifier": message_id}]  # delivery 1 of 2: back to SQS
+    _, last = deliver()
+    assert last["batchItemFailures"] == []  # delivery 2 of 2: parked by us, with the reason
+    [parked] = stack.queued_bodies(stack.aws.dead_letter_queue_url)
+    reason = parked["attributes"]["reason"]["StringValue"]
+    assert reason == "still failing after 2 deliveries: the Criteo secret is unreadable or incomplete"
+    assert parked["body"]["r"][0][4] == sha("u@example.com")
+    assert stack.criteo.count("token") == 0

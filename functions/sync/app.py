@@ -16,7 +16,7 @@ from audience_sync.criteo.client import CriteoClient
 from audience_sync.observability import logger, metrics
 from audience_sync.ordering import OrderingStore
 from audience_sync.queue import QueueWriter
-from audience_sync.sync import AudienceSync, DeadLetters
+from audience_sync.sync import AudienceSync, DeadLetters, SyncReport, park_exhausted
 
 settings = SyncSettings.from_env()
 # One HTTP session (connection pool) and AWS clients per container, reused by every invocation.
@@ -46,30 +46,31 @@ def load_credentials() -> CriteoCredentials | None:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Apply one SQS batch; only the messages that could not be finished come back."""
     messages = [(record["messageId"], record["body"]) for record in event.get("Records", [])]
-    credentials = load_credentials()
-    if credentials is None:
-        metrics.add_metric(name="config_errors", unit=MetricUnit.Count, value=1)
-        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id, _ in messages]}
-
-    def seconds_left() -> float:
-        return context.get_remaining_time_in_millis() / 1000.0
-
-    criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
-    sync = AudienceSync(criteo, store, dead_letters, settings.audience_name_prefix, seconds_left)
-    report = sync.run(messages)
     receive_counts = {
         record["messageId"]: int(record.get("attributes", {}).get("ApproximateReceiveCount", 0))
         for record in event.get("Records", [])
     }
-    sync.park_exhausted(report, dict(messages), receive_counts, settings.max_receive_count)
-    counts = dict(report.counts)
-    counts.update(
-        criteo_calls=criteo.stats.total_calls,
-        criteo_retries=criteo.stats.retries,
-        criteo_throttles=criteo.stats.throttles,
-        token_fetches=criteo.stats.calls.get("token", 0),
-        messages_in=len(messages),
-    )
+
+    def seconds_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000.0
+
+    credentials = load_credentials()
+    counts: dict[str, int] = {}
+    if credentials is None:
+        report = SyncReport()
+        report.counts["config_errors"] = 1
+        report.hand_back((message_id for message_id, _ in messages), "the Criteo secret is unreadable or incomplete")
+    else:
+        criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
+        report = AudienceSync(criteo, store, dead_letters, settings.audience_name_prefix, seconds_left).run(messages)
+        counts = {
+            "criteo_calls": criteo.stats.total_calls,
+            "criteo_retries": criteo.stats.retries,
+            "criteo_throttles": criteo.stats.throttles,
+            "token_fetches": criteo.stats.calls.get("token", 0),
+        }
+    park_exhausted(report, dead_letters, dict(messages), receive_counts, settings.max_receive_count)
+    counts.update(report.counts, messages_in=len(messages))
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     logger.info("batch synced", extra=counts)

@@ -84,26 +84,6 @@ class AudienceSync:
         report.counts["failed_messages"] = len(report.failed_message_ids)
         return report
 
-    def park_exhausted(
-        self, report: SyncReport, messages: dict[str, str], receive_counts: dict[str, int], limit: int
-    ) -> None:
-        """Messages failing on their last allowed delivery go to the DLQ ourselves, with the reason attached.
-
-        SQS would move them anyway after `limit` receives, but without saying why; we know why.
-        """
-        for message_id in sorted(report.failed_message_ids):
-            received = receive_counts.get(message_id, 0)
-            if limit <= 0 or received < limit:
-                continue
-            reason = f"still failing after {received} deliveries: {report.reasons.get(message_id, 'unknown')}"
-            try:
-                self.dead_letters.send([messages[message_id]], reason)
-            except DependencyUnavailable:
-                continue  # SQS's own redrive policy parks it instead
-            report.failed_message_ids.discard(message_id)
-            report.counts["parked_messages"] += 1
-        report.counts["failed_messages"] = len(report.failed_message_ids)
-
     def _decode(self, messages: list[tuple[str, str]], report: SyncReport) -> list[Sourced]:
         items: list[Sourced] = []
         for message_id, body in messages:
@@ -187,3 +167,24 @@ class AudienceSync:
         report.counts["invalid_identifiers"] += int(result.get("nbInvalidIdentifiers") or 0)
         report.counts["patches"] += 1
         return True
+
+
+def park_exhausted(
+    report: SyncReport, dead_letters: DeadLetters, messages: dict[str, str], receive_counts: dict[str, int], limit: int
+) -> None:
+    """Messages failing on their last allowed delivery go to the DLQ ourselves, with the reason attached.
+
+    SQS would move them anyway after `limit` receives, but without saying why; we know why.
+    """
+    for message_id in sorted(report.failed_message_ids):
+        received = receive_counts.get(message_id, 0)
+        if limit <= 0 or received < limit:
+            continue
+        reason = f"still failing after {received} deliveries: {report.reasons.get(message_id, 'unknown')}"
+        try:
+            dead_letters.send([messages[message_id]], reason)
+        except DependencyUnavailable:
+            continue  # SQS's own redrive policy parks it instead
+        report.failed_message_ids.discard(message_id)
+        report.counts["parked_messages"] += 1
+    report.counts["failed_messages"] = len(report.failed_message_ids)
