@@ -45,11 +45,9 @@ def load_credentials() -> CriteoCredentials | None:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Apply one SQS batch; only the messages that could not be finished come back."""
-    messages = [(record["messageId"], record["body"]) for record in event.get("Records", [])]
-    receive_counts = {
-        record["messageId"]: int(record.get("attributes", {}).get("ApproximateReceiveCount", 0))
-        for record in event.get("Records", [])
-    }
+    records = event.get("Records", [])
+    messages = [(record["messageId"], record["body"]) for record in records]
+    receive_counts = {r["messageId"]: int(r.get("attributes", {}).get("ApproximateReceiveCount", 0)) for r in records}
 
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
@@ -70,8 +68,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "token_fetches": criteo.stats.calls.get("token", 0),
         }
     park_exhausted(report, dead_letters, dict(messages), receive_counts, settings.max_receive_count)
-    counts.update(report.counts, messages_in=len(messages))
+    counts.update(report.counts, messages_in=len(messages), failed_messages=len(report.failed))
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     logger.info("batch synced", extra=counts)
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed_message_ids)]}
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed)]}

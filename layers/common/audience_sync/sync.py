@@ -16,6 +16,7 @@ from audience_sync.plan import PatchPlan, Sourced, newest_per_identity, plan_con
 from audience_sync.queue import QueueWriter
 from audience_sync.records import ADD, AudienceChange, PoisonMessage, pack_changes, unpack_changes
 
+CREDENTIALS_REJECTED = "Criteo credentials rejected"
 # Stop starting new work when less than this is left, so the answer to SQS is always delivered.
 SAFETY_SECONDS = 5.0
 MAX_LOCK_WAIT_SECONDS = 60.0
@@ -25,15 +26,18 @@ MAX_LOCK_WAIT_SECONDS = 60.0
 class SyncReport:
     """SQS message ids to hand back, and counters for metrics."""
 
-    failed_message_ids: set[str] = field(default_factory=set)
-    reasons: dict[str, str] = field(default_factory=dict)  # message id -> why it comes back (first reason wins)
+    failed: dict[str, str] = field(default_factory=dict)  # message id -> why it comes back (first reason wins)
     counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed_message_ids(self) -> set[str]:
+        """The messages SQS must deliver again."""
+        return set(self.failed)
 
     def hand_back(self, message_ids: Iterable[str], reason: str) -> None:
         """Report messages as failed, so SQS delivers them again."""
         for message_id in message_ids:
-            self.failed_message_ids.add(message_id)
-            self.reasons.setdefault(message_id, reason)
+            self.failed.setdefault(message_id, reason)
 
 
 class DeadLetters:
@@ -77,11 +81,10 @@ class AudienceSync:
             by_audience.setdefault(item.change.audience_key, []).append(item)
         for audience_key, audience_items in sorted(by_audience.items()):
             if report.counts["config_errors"] or self.seconds_left() < SAFETY_SECONDS:
-                reason = "Criteo credentials rejected" if report.counts["config_errors"] else "out of time"
+                reason = CREDENTIALS_REJECTED if report.counts["config_errors"] else "out of time"
                 report.hand_back((i.message_id for i in audience_items), reason)
                 continue
             self._sync_audience(audience_key, audience_items, report)
-        report.counts["failed_messages"] = len(report.failed_message_ids)
         return report
 
     def _decode(self, messages: list[tuple[str, str]], report: SyncReport) -> list[Sourced]:
@@ -156,7 +159,7 @@ class AudienceSync:
         except InvalidCredentials as error:
             report.counts["config_errors"] += 1
             logger.error("Criteo credentials rejected: fix the Criteo secret", extra={"reason": str(error)})
-            report.hand_back(plan.message_ids, "Criteo credentials rejected")
+            report.hand_back(plan.message_ids, CREDENTIALS_REJECTED)
             return False
         except CriteoError as error:
             logger.warning("Criteo call failed; records go back to SQS", extra={"reason": str(error)})
@@ -176,15 +179,13 @@ def park_exhausted(
 
     SQS would move them anyway after `limit` receives, but without saying why; we know why.
     """
-    for message_id in sorted(report.failed_message_ids):
+    for message_id, why in sorted(report.failed.items()):
         received = receive_counts.get(message_id, 0)
         if limit <= 0 or received < limit:
             continue
-        reason = f"still failing after {received} deliveries: {report.reasons.get(message_id, 'unknown')}"
         try:
-            dead_letters.send([messages[message_id]], reason)
+            dead_letters.send([messages[message_id]], f"still failing after {received} deliveries: {why}")
         except DependencyUnavailable:
             continue  # SQS's own redrive policy parks it instead
-        report.failed_message_ids.discard(message_id)
+        del report.failed[message_id]
         report.counts["parked_messages"] += 1
-    report.counts["failed_messages"] = len(report.failed_message_ids)

@@ -180,14 +180,14 @@ class CriteoClient:
                     return dict(response.json())
                 if response.status_code == 401:
                     code, _ = _first_error(response)
-                    if code in TOKEN_CODES and (not refreshed or code == "authorization-token-expired"):
+                    if (code in TOKEN_CODES and not refreshed) or code == "authorization-token-expired":
                         self.tokens.drop(self.credentials.client_id)
                         self.stats.token_refreshes += 1
-                        if not refreshed:
-                            refreshed = True
-                            continue
-                        # Expired again within one call (a slow call, backoffs): transient, not bad credentials.
-                        raise _Transient(response, "token expired again")
+                        if refreshed:
+                            # Expired again within one call (a slow call, backoffs): transient, not bad credentials.
+                            raise _Transient(response, "token expired again")
+                        refreshed = True
+                        continue
                     raise InvalidCredentials(f"Criteo answered 401 {code or 'unauthorized'} after a token refresh")
                 if response.status_code == 429:
                     self.stats.throttles += 1
