@@ -8,7 +8,6 @@ an in-memory ordering store that counts the DynamoDB calls it stands for: moto n
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import requests
 
-from audience_sync.records import AudienceChange
+from audience_sync.records import AudienceChange, unpack_changes
 from bench.peer import peer_calls
 from bench.servers import Servers
 from bench.streams import StreamSpec, generate, minimum_calls, sync_batches, tokens_needed
@@ -111,7 +110,7 @@ def _run_core(servers: Servers, batches: list[list[tuple[str, str]]]) -> Counter
 
 
 def _decoded(batch: list[tuple[str, str]]) -> list[AudienceChange]:
-    return [AudienceChange(*row) for _, body in batch for row in json.loads(body)["r"]]
+    return [change for _, body in batch for change in unpack_changes(body)]
 
 
 def measure_stream(servers: Servers, spec: StreamSpec) -> dict[str, Any]:

@@ -18,6 +18,14 @@ from devtools.lambda_runtime import FakeContext
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
+def queue_backlog(sqs: Any, queue_url: str) -> int:
+    """Messages visible or in flight in a queue."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
 @dataclass
 class PollStats:
     """What the poller did."""
@@ -123,11 +131,7 @@ class SqsPoller:
 
     def backlog(self) -> int:
         """Messages visible or in flight in the queue."""
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        return queue_backlog(self.sqs, self.queue_url)
 
     def drain(self, max_seconds: float = 120.0) -> None:
         """Poll until the queue is empty (retries included) or time runs out."""

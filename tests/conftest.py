@@ -14,9 +14,10 @@ import pytest
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.lambda_runtime import FakeContext, load_function
 from devtools.local_aws import DEV_CRITEO, DEV_WEBHOOK_SECRET, LocalAws, MotoServer, provision
-from devtools.poller import SqsPoller
+from devtools.poller import SqsPoller, queue_backlog
 
 _prefixes = itertools.count()
+AUDIENCE_PREFIX = "segment_"  # the template's default AudienceNamePrefix
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +68,15 @@ class Stack:
             for message in messages:
                 found.append({"body": json.loads(message["Body"]), "attributes": message.get("MessageAttributes", {})})
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    def members(self, audience: str, id_type: str = "email") -> set[str]:
+        """The identifiers of one type in the Criteo segment of a Segment audience (empty when there is none)."""
+        segment = self.criteo.segments().get(AUDIENCE_PREFIX + audience)
+        return set(segment["members"].get(id_type, set())) if segment else set()
+
+    def queue_length(self, queue_url: str) -> int:
+        """Messages visible or in flight in a queue."""
+        return queue_backlog(self.aws.client("sqs"), queue_url)
 
     def poller(self, **kwargs: Any) -> SqsPoller:
         """An event source mapping stand-in feeding the sync handler."""

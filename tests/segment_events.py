@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
 from audience_sync.webhook_auth import signature_of
 from devtools.local_aws import DEV_WEBHOOK_SECRET
 from devtools.sample_events import http_event
+
+
+def sha(email: str) -> str:
+    """An email as ingest queues it (already normalized here): lowercase hex SHA-256."""
+    return hashlib.sha256(email.encode()).hexdigest()
 
 
 def audience_event(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -17,26 +16,9 @@ from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import MotoServer
 from devtools.redrive import redrive, sqs_client
 from tests.conftest import Stack, make_stack
-from tests.segment_events import answer, audience_event, signed
+from tests.segment_events import answer, audience_event, sha, signed
 
-PREFIX = "segment_"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def sha(email: str) -> str:
-    return hashlib.sha256(email.encode()).hexdigest()
-
-
-def members(stack: Stack, audience: str, id_type: str = "email") -> set[str]:
-    segment = stack.criteo.segments().get(PREFIX + audience)
-    return set(segment["members"].get(id_type, set())) if segment else set()
-
-
-def queue_length(stack: Stack, url: str) -> int:
-    attributes = stack.aws.client("sqs").get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
 def dead_letters(stack: Stack) -> Iterator[tuple[str, str]]:
@@ -60,8 +42,8 @@ def test_long_criteo_outage_dead_letters_then_redrive_restores_exact_state(
     assert answer(stack.invoke_ingest(signed(events)))[0] == 200
     criteo.faults.down = True
     stack.poller(function_timeout_seconds=6).drain(max_seconds=90)  # every delivery fails; the last one parks it
-    assert queue_length(stack, stack.aws.queue_url) == 0
-    assert queue_length(stack, stack.aws.dead_letter_queue_url) == 1
+    assert stack.queue_length(stack.aws.queue_url) == 0
+    assert stack.queue_length(stack.aws.dead_letter_queue_url) == 1
     assert criteo.segments() == {}
     reasons = [getattr(r, "reason", "") for r in caplog.records if r.getMessage().startswith("Criteo call failed")]
     assert reasons and all("Criteo unavailable (HTTP 503)" in reason for reason in reasons)  # the why, in the logs
@@ -73,9 +55,9 @@ def test_long_criteo_outage_dead_letters_then_redrive_restores_exact_state(
     [(reason, count)] = result.reasons.items()
     assert count == 1 and reason.startswith("still failing after 2 deliveries: Criteo unavailable (HTTP 503)")
     stack.poller().drain()
-    assert members(stack, "aud0") == {sha(f"user{i}@example.com") for i in range(0, 40, 2)}
-    assert members(stack, "aud1") == {sha(f"user{i}@example.com") for i in range(1, 40, 2)} - {sha("user3@example.com")}
-    assert queue_length(stack, stack.aws.dead_letter_queue_url) == 0
+    assert stack.members("aud0") == {sha(f"user{i}@example.com") for i in range(0, 40, 2)}
+    assert stack.members("aud1") == {sha(f"user{i}@example.com") for i in range(1, 40, 2)} - {sha("user3@example.com")}
+    assert stack.queue_length(stack.aws.dead_letter_queue_url) == 0
 
 
 def test_redrive_command_line_moves_messages_back(moto_server: MotoServer, criteo: CriteoEmulator) -> None:
@@ -106,7 +88,7 @@ def test_poison_records_are_reported_and_do_not_block_other_audiences(
     provoked, stack.criteo.spec_violations[:] = list(stack.criteo.spec_violations), []
     assert len(provoked) == 1 and "'notAType' is not one of" in provoked[0]  # the refusal we provoked on purpose
     for audience in ("aud0", "aud1", "aud2"):
-        assert members(stack, audience) == {sha(f"u{i}@example.com") for i in range(30) if f"aud{i % 3}" == audience}
+        assert stack.members(audience) == {sha(f"u{i}@example.com") for i in range(30) if f"aud{i % 3}" == audience}
     parked = dict(dead_letters(stack))
     assert sorted(parked) == ["Criteo answered 400 invalid-request", "undecodable message"]
     assert json.loads(parked["Criteo answered 400 invalid-request"])["r"] == [
@@ -157,7 +139,7 @@ def test_sqs_failing_midway_through_a_request_loses_nothing(
     outage_proxy.allowed = {"sqs": 1}  # the first SendMessageBatch goes through, then SQS is down
     status, body = answer(stack.invoke_ingest(request))
     assert (status, body["error"]["code"]) == (503, "service_unavailable")
-    assert queue_length(stack, stack.aws.queue_url) > 1, "part of the request was written before SQS went down"
+    assert stack.queue_length(stack.aws.queue_url) > 1, "part of the request was written before SQS went down"
     outage_proxy.down = set()
     assert answer(stack.invoke_ingest(request))[0] == 200
     stack.poller().drain()
@@ -165,4 +147,4 @@ def test_sqs_failing_midway_through_a_request_loses_nothing(
         expected = {sha(f"u{i}@example.com") for i in range(4000) if f"aud{i % 2}" == audience and i % 5 != 0}
         if audience == "aud0":
             expected.add(sha("jane.doe@example.com"))
-        assert members(stack, audience) == expected
+        assert stack.members(audience) == expected

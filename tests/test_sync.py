@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from typing import Any
@@ -11,19 +10,8 @@ import pytest
 
 from audience_sync.records import AudienceChange, pack_changes
 from devtools.lambda_runtime import FakeContext
-from tests.conftest import Stack, make_stack
-from tests.segment_events import audience_event, signed
-
-PREFIX = "segment_"
-
-
-def sha(email: str) -> str:
-    return hashlib.sha256(email.encode()).hexdigest()
-
-
-def members(stack: Stack, audience: str, id_type: str = "email") -> set[str]:
-    segment = stack.criteo.segments().get(PREFIX + audience)
-    return set(segment["members"].get(id_type, set())) if segment else set()
+from tests.conftest import AUDIENCE_PREFIX, Stack, make_stack
+from tests.segment_events import audience_event, sha, signed
 
 
 def enqueue(stack: Stack, changes: list[AudienceChange], per_message: int = 1000) -> None:
@@ -49,9 +37,9 @@ def test_sample_flow_ingest_to_criteo(stack: Stack) -> None:
     ]
     assert stack.invoke_ingest(signed(events))["statusCode"] == 200
     stack.poller().drain()
-    assert members(stack, "cart") == {sha("a@example.com")}
-    assert members(stack, "cart", "madid") == {"6d92078a-8246-4ba4-ae5b-76104861e7dc"}
-    assert members(stack, "vip") == {sha("c@example.com")}
+    assert stack.members("cart") == {sha("a@example.com")}
+    assert stack.members("cart", "madid") == {"6d92078a-8246-4ba4-ae5b-76104861e7dc"}
+    assert stack.members("vip") == {sha("c@example.com")}
     # 1 token + 1 search + 2 creates + 3 PATCHes (cart/add/email, cart/add/madid, vip/add/email);
     # b's enter and exit net to one remove, which is its own PATCH.
     assert stack.criteo.count("token") == 1
@@ -66,7 +54,7 @@ def test_call_count_is_the_minimum_for_120k_adds_and_10_removes(stack: Stack) ->
     enqueue(stack, adds + removes, per_message=5000)
     stack.poller(batch_size=10_000).drain()
     assert stack.criteo.count("patch") == 3 + 1
-    assert len(members(stack, "big")) == 120_000
+    assert len(stack.members("big")) == 120_000
     assert stack.criteo.count("token") == 1
 
 
@@ -86,7 +74,7 @@ def test_exit_then_late_enter_in_a_later_batch_stays_out(stack: Stack) -> None:
     stack.poller().drain()
     enqueue(stack, [change("a", "add", "u@example.com", 2000, "m2")])  # delivered late
     stack.poller().drain()
-    assert members(stack, "a") == set()
+    assert stack.members("a") == set()
 
 
 def truth(changes: list[AudienceChange]) -> dict[str, set[str]]:
@@ -123,7 +111,7 @@ def test_shuffled_duplicated_split_stream_with_faults_ends_exact(stack: Stack) -
         stack.poller(batch_size=rng.choice([3, 10, 40])).drain()
     expected = truth(changes)
     for audience, emails in expected.items():
-        assert members(stack, audience) == emails, audience
+        assert stack.members(audience) == emails, audience
     assert stack.queued_bodies(stack.aws.dead_letter_queue_url) == []
 
 
@@ -142,7 +130,7 @@ def test_poison_message_goes_to_dlq_and_the_rest_syncs(stack: Stack) -> None:
     sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody="not json at all")
     enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
     stack.poller().drain()
-    assert members(stack, "a") == {sha("u@example.com")}
+    assert stack.members("a") == {sha("u@example.com")}
     parked = stack.aws.client("sqs").receive_message(
         QueueUrl=stack.aws.dead_letter_queue_url, MessageAttributeNames=["All"]
     )["Messages"]
@@ -165,16 +153,16 @@ def test_outage_returns_only_failed_messages_and_retries_later(stack: Stack) -> 
         QueueUrl=stack.aws.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
     )
     stack.poller().drain()
-    assert members(stack, "a") == {sha("u1@example.com"), sha("u2@example.com")}
+    assert stack.members("a") == {sha("u1@example.com"), sha("u2@example.com")}
 
 
 def test_deleted_segment_is_re_resolved_once(stack: Stack) -> None:
     enqueue(stack, [change("a", "add", "u1@example.com", 1000, "m1")])
     stack.poller().drain()
-    stack.criteo.delete_segment(PREFIX + "a")  # gone on Criteo's side; our cache still has its id
+    stack.criteo.delete_segment(AUDIENCE_PREFIX + "a")  # gone on Criteo's side; our cache still has its id
     enqueue(stack, [change("a", "add", "u2@example.com", 2000, "m2")])
     stack.poller().drain()
-    assert members(stack, "a") == {sha("u2@example.com")}
+    assert stack.members("a") == {sha("u2@example.com")}
     # the PATCH to the cached id got 404, then one search, one create and the PATCH again
     assert (stack.criteo.count("patch"), stack.criteo.count("search"), stack.criteo.count("create")) == (3, 2, 2)
 
