@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from devtools.criteo_emulator.api import MAX_IDENTIFIERS
+
 PRICES_AS_OF = "2026-11-24"
 PRICES = {
     "http_api_per_million_requests": 1.00,  # first 300M/month; metered in 512 KB increments
@@ -48,7 +50,7 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
     sync_seconds = (
         CHANGES / sync_records_per_second / VCPU_SHARE
         + stream["calls"]["patch"] * scale * CRITEO_PATCH_SECONDS
-        + stream["minimum"]["identifiers"] * scale / 50_000 * CRITEO_SECONDS_PER_50K
+        + stream["minimum"]["identifiers"] * scale / MAX_IDENTIFIERS * CRITEO_SECONDS_PER_50K
         + batch_calls / 16 * DYNAMODB_CALL_SECONDS
     )
     applied = stream["minimum"]["identifiers"] * scale

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audience_sync.records import ADD, REMOVE, AudienceChange, pack_changes
+from devtools.minimum import minimum_patches, newest_per_user, patches_for
 
 EVENTS_PER_SEGMENT_REQUEST = 1_000  # Segment's batches (peers.md: up to ~1,000 events)
 LAMBDA_PAYLOAD_BYTES = 6_000_000  # Lambda's invocation payload cap; the SQS event source fills up to it
 SQS_RECORD_OVERHEAD_BYTES = 1_000  # receipt handle, attributes, ARN... per SQS record in the Lambda event
 MAX_MESSAGES_PER_INVOCATION = 1_000  # SyncBatchSize default
-IDENTIFIERS_PER_PATCH = 50_000  # Criteo's limit (API_NOTES.md)
 TOKEN_LIFETIME_SECONDS = 900.0
 DUPLICATE_SHARE = 0.05  # redeliveries of an earlier event (same messageId)
 REMOVE_SHARE = 0.3
@@ -92,10 +92,6 @@ def sync_batches(changes: list[AudienceChange]) -> list[list[tuple[str, str]]]:
     return batches
 
 
-def _patches(groups: Counter[tuple[str, str, str]]) -> int:
-    return sum(math.ceil(count / IDENTIFIERS_PER_PATCH) for count in groups.values())
-
-
 @dataclass(frozen=True)
 class Minimum:
     """The fewest Criteo calls: PATCHes for the batches as delivered, for the whole stream at once, look-ups."""
@@ -110,17 +106,6 @@ class Minimum:
         return self.patches_per_batch + tokens + self.new_audiences
 
 
-def _newest_per_user(changes: list[AudienceChange]) -> dict[tuple[str, str, str], AudienceChange]:
-    """The newest change per (audience, type, identifier), by (timestamp, messageId)."""
-    newest: dict[tuple[str, str, str], AudienceChange] = {}
-    for change in changes:
-        key = (change.audience_key, change.identifier_type, change.identifier)
-        held = newest.get(key)
-        if held is None or (change.timestamp_ms, change.message_id) > (held.timestamp_ms, held.message_id):
-            newest[key] = change
-    return newest
-
-
 def minimum_calls(changes: list[AudienceChange], batches: list[list[AudienceChange]]) -> Minimum:
     """Per batch: newest change per (audience, type, identifier), minus what an earlier batch already applied
     at the same or a newer version; then groups x ceil(n / 50,000). Also the same for the stream in one batch."""
@@ -129,18 +114,16 @@ def minimum_calls(changes: list[AudienceChange], batches: list[list[AudienceChan
     identifiers = 0
     for batch in batches:
         groups: Counter[tuple[str, str, str]] = Counter()
-        for key, change in _newest_per_user(batch).items():
+        for key, change in newest_per_user(batch).items():
             version = (change.timestamp_ms, change.message_id)
             if key in applied and applied[key] >= version:
                 continue
             applied[key] = version
             groups[(change.audience_key, change.operation, change.identifier_type)] += 1
-        per_batch += _patches(groups)
+        per_batch += patches_for(groups.values())
         identifiers += sum(groups.values())
-    whole = _newest_per_user(changes)
-    whole_groups = Counter((c.audience_key, c.operation, c.identifier_type) for c in whole.values())
     audiences = len({c.audience_key for c in changes})
-    return Minimum(per_batch, _patches(whole_groups), audiences, identifiers)
+    return Minimum(per_batch, minimum_patches(changes), audiences, identifiers)
 
 
 def tokens_needed(elapsed_seconds: float) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from devtools.minimum import patches_for
+
 BASE_MS = 1_795_000_000_000  # 2026-11-18
 ID_TYPES = ("email", "madid", "phoneNumber", "identityLink")
 _PHONE_NOISE = re.compile(r"[\s().-]")
@@ -166,4 +168,4 @@ def expected_members(events: list[ChaosEvent], prefix: str = "segment_") -> dict
 def single_batch_patches(events: list[ChaosEvent]) -> int:
     """The fewest PATCHes for the whole stream in one batch: distinct (audience, final operation, type)."""
     sizes = Counter((a, t, e.entered) for (a, t, _), e in newest_events(events).items())
-    return sum(-(-n // 50_000) for n in sizes.values())
+    return patches_for(sizes.values())

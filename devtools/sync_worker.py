@@ -11,6 +11,7 @@ after. A `start` without its `end` is a batch the process died in. SIGTERM stops
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import signal
@@ -22,11 +23,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from devtools.lambda_runtime import ROOT, load_function
+from devtools.lambda_runtime import LAYER, ROOT, load_function
 from devtools.local_aws import LocalAws
+from devtools.minimum import minimum_patches
 from devtools.poller import Handler, SqsPoller
 
-MAX_IDENTIFIERS_PER_PATCH = 50_000
+sys.path.insert(0, str(LAYER))
+from audience_sync.records import AudienceChange, PoisonMessage, unpack_changes
 
 
 @dataclass
@@ -42,25 +45,13 @@ class WorkerConfig:
     function_timeout_seconds: float = 60.0
 
 
-def minimum_patches(bodies: list[str]) -> tuple[int, int]:
-    """(records, fewest PATCHes for them): newest per (audience, type, identifier), then distinct
-    (audience, operation, type) groups chunked at 50,000. Written from the wire format, not our planner."""
-    newest: dict[tuple[str, str, str], tuple[int, str, str]] = {}
-    records = 0
+def batch_minimum(bodies: list[str]) -> tuple[int, int]:
+    """(records, fewest PATCHes for them) of one delivered batch (devtools.minimum, not our planner)."""
+    changes: list[AudienceChange] = []
     for body in bodies:
-        try:
-            rows = json.loads(body)["r"]
-        except (ValueError, KeyError, TypeError):
-            continue  # undecodable: no PATCH can carry it
-        for audience, _name, operation, id_type, identifier, ts, message_id in rows:
-            records += 1
-            key = (audience, id_type, identifier)
-            if key not in newest or (ts, message_id) > newest[key][:2]:
-                newest[key] = (ts, message_id, operation)
-    groups: dict[tuple[str, str, str], int] = {}
-    for (audience, id_type, _), (_, _, operation) in newest.items():
-        groups[(audience, operation, id_type)] = groups.get((audience, operation, id_type), 0) + 1
-    return records, sum(-(-size // MAX_IDENTIFIERS_PER_PATCH) for size in groups.values())
+        with contextlib.suppress(PoisonMessage):  # undecodable: no PATCH can carry it
+            changes.extend(unpack_changes(body))
+    return len(changes), minimum_patches(changes)
 
 
 def reporting(handler: Handler, out: IO[str]) -> Handler:
@@ -74,7 +65,7 @@ def reporting(handler: Handler, out: IO[str]) -> Handler:
     def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
         number = next(numbers)
         bodies = [record["body"] for record in event["Records"]]
-        records, patches = minimum_patches(bodies)
+        records, patches = batch_minimum(bodies)
         emit({"event": "start", "batch": number, "messages": len(bodies), "records": records, "min_patches": patches})
         try:
             result = handler(event, context)
