@@ -21,8 +21,9 @@ CREDENTIALS = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secr
 def client(
     criteo: CriteoEmulator, seconds_left: float = 60.0, credentials: CriteoCredentials = CREDENTIALS
 ) -> CriteoClient:
+    deadline = time.monotonic() + seconds_left  # a real budget that runs down, as in a Lambda invocation
     return CriteoClient(
-        requests.Session(), criteo.url, "2026-07", credentials, lambda: seconds_left, tokens=TokenCache()
+        requests.Session(), criteo.url, "2026-07", credentials, lambda: deadline - time.monotonic(), tokens=TokenCache()
     )
 
 
