@@ -12,7 +12,8 @@ PYTHON313 := $(or $(shell ls -d $(HOME)/.pyenv/versions/3.13*/bin/python3.13 2>/
 export PATH := $(BIN):$(dir $(PYTHON313)):$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-LAMBDA_ARCH ?= arm64
+# sam local invoke runs on the machine's own architecture by default (arm64 under qemu is opt-in: slow).
+LAMBDA_ARCH ?= $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 
 .PHONY: setup local serve test lint typecheck pytest validate build events lambda-image sam-invoke fuzz iac-scan clean
 
@@ -64,8 +65,8 @@ events: setup ## regenerate events/*.json (signed with the local dev secret) fro
 lambda-image: ## Docker engine + an offline python3.13 Lambda image (local/lambda-python:3.13-$(LAMBDA_ARCH))
 	bash scripts/lambda-image/build.sh --arch $(LAMBDA_ARCH)
 
-sam-invoke: setup lambda-image ## sam local invoke of both functions against moto + the emulator, asserted
-	$(BIN)/python -m pytest tests/test_sam_local_invoke.py
+sam-invoke: setup lambda-image ## sam local invoke of both functions (LAMBDA_ARCH, default native) against moto + the emulator
+	LAMBDA_ARCH=$(LAMBDA_ARCH) $(BIN)/python -m pytest tests/test_sam_local_invoke.py
 
 .PHONY: chaos redrive
 chaos: setup ## chaos soak: 100k events, Criteo 5xx/429/latency/token expiry, sync worker SIGKILLed; exact or exit 1

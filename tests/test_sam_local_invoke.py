@@ -3,12 +3,18 @@
 Needs a Docker engine and the offline image (`make lambda-image`); CI builds both first (CI=true). SAM CLI
 ignores `--docker-network host`, so the container reaches the host's loopback servers as
 `host.docker.internal` (env.json), forwarded by scripts/lambda-image/host-loopback.sh.
+
+The invoke runs on the machine's own architecture (LAMBDA_ARCH, default `uname -m`): the template is
+retargeted to it for this build only, so no pass depends on how fast qemu emulates arm64. Running the arm64
+build under qemu stays available (`LAMBDA_ARCH=arm64 make sam-invoke`); the deployed layer's aarch64 code is
+checked by tests/test_sam.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -23,7 +29,9 @@ from devtools.local_aws import DEV_CRITEO, LocalAws, MotoServer, provision
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = ROOT / "scripts" / "lambda-image" / "host-loopback.sh"
 PORTS = ["4566", "8642"]
-IMAGE = os.environ.get("LAMBDA_IMAGE", "local/lambda-python:3.13-arm64")
+ARCH = {"aarch64": "arm64", "amd64": "x86_64"}.get(platform.machine(), platform.machine())
+ARCH = os.environ.get("LAMBDA_ARCH") or ARCH
+IMAGE = os.environ.get("LAMBDA_IMAGE", f"local/lambda-python:3.13-{ARCH}")
 SAM = str(Path(sys.executable).parent / "sam")
 ENV = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
@@ -43,14 +51,27 @@ pytestmark = [
 ]
 
 
+def retargeted_template(arch: str, directory: Path) -> Path:
+    """template.yaml with its functions and layer built for `arch` (code paths still resolve via --base-dir)."""
+    text = (ROOT / "template.yaml").read_text()
+    # "Architectures: [arm64]" also matches the layer's CompatibleArchitectures: the functions and the layer.
+    for key, uses in (("Architectures: [arm64]", 2), ("BuildArchitecture: arm64", 1)):
+        assert text.count(key) == uses, f"template.yaml no longer has {key!r} {uses} time(s)"
+        text = text.replace(key, key.replace("arm64", arch))
+    path = directory / f"template.{arch}.yaml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    build_dir = tmp_path_factory.mktemp("sam") / "build"
-    result = subprocess.run(
-        [SAM, "build", "--build-dir", str(build_dir)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
-    )
+    work = tmp_path_factory.mktemp("sam")
+    build_dir = work / "build"
+    command = [SAM, "build", "--template", str(retargeted_template(ARCH, work)), "--base-dir", str(ROOT)]
+    command += ["--build-dir", str(build_dir), "--cache-dir", str(work / "cache")]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    # Under qemu, importing uncompiled modules alone nearly uses the ingest function's 15 s timeout.
+    # Pre-compiled modules: each invoke is a fresh container (under qemu, compiling alone nears 15 s).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(build_dir)], check=True)
     return build_dir
 
