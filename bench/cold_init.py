@@ -23,7 +23,7 @@ ENV = {
     "QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/000000000000/bench",
     "WEBHOOK_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:webhook",
     "CRITEO_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:criteo",
-    "ORDERING_TABLE": "bench-ordering",
+    "LEDGER_TABLE": "bench-ledger",
     "DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/000000000000/bench-dlq",
 }
 # Lambda puts the function directory first and the layer's python/ on sys.path; so do we.

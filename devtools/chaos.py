@@ -4,7 +4,9 @@ Events go signed through the HTTP gateway and the real ingest handler into moto 
 process (the poller + the real sync handler) drains it while the Criteo emulator injects 5xx, 429
 windows with x-ratelimit-* headers, latency and token expiry; the worker is SIGKILLed mid-batch once
 and restarted. The expected audiences come from the generated events alone (devtools/chaos_events.py)
-and are compared with the emulator's own state (GET /__admin/state). Exit status 1 on any difference,
+(per user: identifiers, same-timestamp sends, email changes, exits without identifiers, future clocks,
+zero/limited advertising ids, consent granted and withdrawn; the handlers run with CONSENT_CATEGORIES=
+Advertising) and are compared with the emulator's own state (GET /__admin/state). Exit status 1 on any difference,
 on anything in the dead-letter queue, on a missed kill, a spec violation or PII in the logs.
 """
 
@@ -24,7 +26,16 @@ from typing import Any
 
 import requests
 
-from devtools.chaos_events import ID_TYPES, ChaosEvent, expected_members, generate, single_batch_patches
+from devtools.chaos_events import (
+    ID_TYPES,
+    REQUIRED_CONSENT,
+    ChaosEvent,
+    consent_granted,
+    expected_members,
+    generate,
+    members_in,
+    single_batch_patches,
+)
 from devtools.local_aws import DEV_CRITEO, DEV_WEBHOOK_SECRET
 from devtools.local_pipeline import dead_letters, post
 from devtools.local_stack import LocalStack, StackSettings
@@ -209,6 +220,8 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
     """The soak; (passed, figures)."""
     stream = generate(settings.events, settings.audiences, settings.seed, settings.duplicate_share)
     expected = expected_members(stream.events)
+    granted = consent_granted(stream.events)
+    members = members_in(stream.events)
     timeout = settings.function_timeout
     stack_settings = StackSettings(
         gateway_port=0,
@@ -218,28 +231,33 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         window_seconds=settings.window_seconds,
         max_receive_count=settings.max_receive_count,
         visibility_timeout=timeout + 4,
-        function_env={"IDENTIFIER_TYPES": ",".join(ID_TYPES), "AUDIENCE_LOCK_SECONDS": str(timeout + 2)},
+        function_env={
+            "IDENTIFIER_TYPES": ",".join(ID_TYPES),
+            "AUDIENCE_LOCK_SECONDS": str(timeout + 2),
+            "CONSENT_CATEGORIES": ",".join(REQUIRED_CONSENT),
+        },
     )
     workdir = tempfile.TemporaryDirectory(prefix="chaos-", delete=not settings.keep_logs)
-    with workdir as tmp, LocalStack(stack_settings) as stack:
-        stack.criteo.faults.update(
-            {
-                "error_rate": settings.error_rate,
-                "error_status": 503,
-                "seed": settings.seed,
-                "rate_limit": settings.rate_limit,
-                "rate_window_s": settings.rate_window_seconds,
-                "latency_s": settings.latency_seconds,
-                "token_errors": True,
-            }
-        )
-        workers = Workers(stack, settings, Path(tmp))
-        expirer = TokenExpirer(stack, settings.expire_tokens_every)
-        ingested = Ingested()
-        drained = threading.Event()
-        started = time.monotonic()
-        # The in-process ingest handler's EMF lines would bury the figures: they go to a file.
-        with (Path(tmp) / "ingest.log").open("w") as ingest_log, contextlib.redirect_stdout(ingest_log):
+    # The in-process handlers' output (Powertools loggers bind sys.stdout when the functions load, EMF lines
+    # are printed) goes to a file from before the stack starts: it would bury the figures, and it is scanned.
+    with workdir as tmp, (Path(tmp) / "ingest.log").open("w") as ingest_log:
+        with contextlib.redirect_stdout(ingest_log), LocalStack(stack_settings) as stack:
+            stack.criteo.faults.update(
+                {
+                    "error_rate": settings.error_rate,
+                    "error_status": 503,
+                    "seed": settings.seed,
+                    "rate_limit": settings.rate_limit,
+                    "rate_window_s": settings.rate_window_seconds,
+                    "latency_s": settings.latency_seconds,
+                    "token_errors": True,
+                }
+            )
+            workers = Workers(stack, settings, Path(tmp))
+            expirer = TokenExpirer(stack, settings.expire_tokens_every)
+            ingested = Ingested()
+            drained = threading.Event()
+            started = time.monotonic()
             try:
                 workers.start()
                 expirer.start()
@@ -258,13 +276,14 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
                 drained.set()
                 expirer.done.set()
                 workers.stop()
-        stack.criteo.faults.clear()
-        state = requests.get(f"{stack.criteo.url}/__admin/state", timeout=30).json()
-        parked = dict(dead_letters(stack))
-        batches = workers.report()
-        calls = criteo_calls(stack)
+            stack.criteo.faults.clear()
+            state = requests.get(f"{stack.criteo.url}/__admin/state", timeout=30).json()
+            parked = dict(dead_letters(stack))
+            batches = workers.report()
+            calls = criteo_calls(stack)
+            secrets = [DEV_CRITEO["client_secret"], DEV_WEBHOOK_SECRET, *stack.criteo.state.issued_tokens()]
+        ingest_log.flush()
         log = "".join((Path(tmp) / name).read_text(errors="replace") for name in ("worker.log", "ingest.log"))
-        secrets = [DEV_CRITEO["client_secret"], DEV_WEBHOOK_SECRET, *stack.criteo.state.issued_tokens()]
         log_leaks = leaks(log, [*secrets, *stream.clear_identifiers()])
         log_lines = log.count("\n")
         metrics = sync_metrics(log)
@@ -278,6 +297,12 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
             "audiences": settings.audiences,
             "identifier_types": list(ID_TYPES),
             "enter_exit_flipped_pairs": stream.flipped_pairs,
+            "users": stream.users,
+            "kinds": stream.kinds(),
+            "in_pairs": len(members),
+            "in_pairs_with_consent": sum(1 for _, user in members if granted.get(user, False)),
+            "users_granted": sum(granted.values()),
+            "consent_categories": list(REQUIRED_CONSENT),
         },
         "ingest": {
             "requests": ingested.requests,
@@ -300,7 +325,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         "minimum": {
             "token": len(workers.started),
             "search": len(workers.started),
-            "create": len(expected),
+            "create": sum(1 for by_type in expected.values() if any(by_type.values())),
             "patch_as_delivered": sum(b["min_patches"] for b in starts),
             "patch_single_batch": single_batch_patches(stream.events),
         },
@@ -340,6 +365,22 @@ def print_figures(figures: dict[str, Any]) -> None:
         f"\nEvents sent: {events['sent']:,} ({events['unique']:,} unique + {events['duplicates']:,} duplicates) over"
         f" {events['audiences']} audiences, identifiers {', '.join(events['identifier_types'])};"
         f" {events['enter_exit_flipped_pairs']:,} (audience, user) pairs flip between enter and exit"
+    )
+    kinds = events["kinds"]
+    print(
+        f"Users: {events['users']:,} ({kinds['anonymous_user']:,} events from anonymousId-only users);"
+        f" {events['in_pairs']:,} (audience, user) pairs end IN, {events['in_pairs_with_consent']:,} of them with"
+        f" consent ({', '.join(events['consent_categories'])}) granted; {events['users_granted']:,} users granted"
+    )
+    print(
+        f"Chaos in the events: {kinds['sibling']:,} same-timestamp siblings (one identifier each),"
+        f" {kinds['id_change']:,} enters with a changed email, {kinds['key_only_exit']:,} exits with no identifier,"
+        f" {kinds['future_dated']:,} future-dated (clamped to receivedAt), {kinds['clock_skew_kept']:,} ahead"
+        f" within 300 s (kept), {kinds['zero_madid']:,} zero madids, {kinds['limited_ad_tracking']:,}"
+        f" adTrackingEnabled false, {kinds['identify']:,} identify form; consent: {kinds['consent_grant']:,} grants"
+        f" (+{kinds['consent_grant_on_event']:,} on a first audience event), {kinds['consent_denied']:,} refusals,"
+        f" {kinds['consent_withdrawal']:,} withdrawals, {kinds['consent_regrant']:,} re-grants,"
+        f" {kinds['consent_carried']:,} audience events carrying the current preferences"
     )
     print(
         f"Ingest: {ingest['requests']} requests ({ingest['retried_5xx']} retried after 5xx),"

@@ -43,7 +43,7 @@ class LocalAws:
     dead_letter_queue_url: str
     webhook_secret_arn: str
     criteo_secret_arn: str
-    ordering_table: str
+    ledger_table: str
     max_receive_count: int = 5
 
     def client(self, service: str) -> Any:
@@ -64,7 +64,8 @@ class LocalAws:
             "QUEUE_URL": self.queue_url,
             "WEBHOOK_SECRET_ARN": self.webhook_secret_arn,
             "CRITEO_SECRET_ARN": self.criteo_secret_arn,
-            "ORDERING_TABLE": self.ordering_table,
+            "LEDGER_TABLE": self.ledger_table,
+            "DEPLOYMENT_ID": "local",
             "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
             "MAX_RECEIVE_COUNT": str(self.max_receive_count),
             "CRITEO_BASE_URL": criteo_url,
@@ -137,7 +138,7 @@ def provision(
     webhook_secret: str | None = DEV_WEBHOOK_SECRET,
     criteo_credentials: dict[str, str] | None = None,
 ) -> LocalAws:
-    """Create the queues, secrets and ordering table that template.yaml declares."""
+    """Create the queues, secrets and membership ledger table that template.yaml declares."""
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     sqs = session.client("sqs", endpoint_url=endpoint)
     secrets = session.client("secretsmanager", endpoint_url=endpoint)
@@ -157,11 +158,14 @@ def provision(
     criteo_arn = secrets.create_secret(
         Name=f"{prefix}-criteo-credentials", SecretString=json.dumps(criteo_credentials or DEV_CRITEO)
     )["ARN"]
-    table = f"{prefix}-ordering"
+    table = f"{prefix}-ledger"
     dynamodb.create_table(
         TableName=table,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table, max_receive_count)

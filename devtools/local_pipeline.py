@@ -68,14 +68,16 @@ def generated_load(url: str, events: int, audiences: int = 20, seed: int = 1) ->
         for index in range(sent, min(events, sent + LOAD_EVENTS_PER_REQUEST)):
             entered = rng.random() < 0.7
             audience = f"load_audience_{rng.randrange(audiences):02d}"
+            user = rng.randrange(users)
             batch.append(
                 {
                     "type": "track",
                     "event": "Audience Entered" if entered else "Audience Exited",
                     "messageId": f"load-{seed}-{index}",
                     "timestamp": f"2026-11-21T{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z",
+                    "userId": f"load-user-{user}",
                     "properties": {"audience_key": audience},
-                    "context": {"traits": {"email": f"user{rng.randrange(users)}@example.com"}},
+                    "context": {"traits": {"email": f"user{user}@example.com"}},
                 }
             )
         response = post(url, json.dumps(batch).encode())
@@ -111,6 +113,20 @@ def dead_letters(stack: LocalStack) -> Counter[str]:
     return reasons
 
 
+def ledger_users(stack: LocalStack) -> Counter[str]:
+    """Users per audience whose identifiers Criteo holds, according to the membership ledger (a Scan: local only)."""
+    dynamodb = stack.aws.client("dynamodb")
+    users: Counter[str] = Counter()
+    arguments: dict[str, Any] = {"TableName": stack.aws.ledger_table, "FilterExpression": "#l = :t"}
+    arguments.update(ExpressionAttributeNames={"#l": "live"}, ExpressionAttributeValues={":t": {"BOOL": True}})
+    while True:
+        page = dynamodb.scan(**arguments)
+        users.update(item["sk"]["S"].removeprefix("a#") for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return users
+        arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def summary(stack: LocalStack) -> dict[str, Any]:
     """Per audience: segment id, members now, identifiers added/removed, invalid; plus calls and DLQ."""
     segments = stack.criteo.segments()
@@ -119,11 +135,13 @@ def summary(stack: LocalStack) -> dict[str, Any]:
         counter = by_id.setdefault(str(patch["segment_id"]), Counter())
         counter[patch["operation"]] += int(patch["valid"])
         counter["invalid"] += int(patch["invalid"])
+    users = ledger_users(stack)
     audiences = {}
     for name, segment in sorted(segments.items()):
         changes = by_id.get(str(segment["id"]), Counter())
         audiences[name] = {
             "id": segment["id"],
+            "users": users.get(name.removeprefix(stack.env.get("AUDIENCE_NAME_PREFIX", "segment_")), 0),
             "members": {kind: len(values) for kind, values in segment["members"].items() if values},
             "added": changes["add"],
             "removed": changes["remove"],
@@ -140,11 +158,20 @@ def summary(stack: LocalStack) -> dict[str, Any]:
 
 def print_summary(result: dict[str, Any]) -> None:
     """A table a person can read at a glance."""
-    print("\nCriteo audiences (emulator state):")
-    print(f"  {'segment name':<30} {'id':>8} {'members':<22} {'added':>7} {'removed':>7} {'invalid':>7}")
+    print("\nCriteo audiences (emulator state; users from the membership ledger):")
+    print(
+        f"  {'segment name':<30} {'id':>8} {'users':>6}  {'identifiers':<22} {'added':>7} {'removed':>7} {'invalid':>7}"
+    )
     for name, row in result["audiences"].items():
         members = ", ".join(f"{count} {kind}" for kind, count in sorted(row["members"].items())) or "0"
-        print(f"  {name:<30} {row['id']:>8} {members:<22} {row['added']:>7} {row['removed']:>7} {row['invalid']:>7}")
+        print(
+            f"  {name:<30} {row['id']:>8} {row['users']:>6}  {members:<22}"
+            f" {row['added']:>7} {row['removed']:>7} {row['invalid']:>7}"
+        )
+    print(
+        "  users: members of the audience that Criteo holds; identifiers: what the segment holds now;"
+        " added/removed/invalid: identifiers counted by Criteo over all PATCHes"
+    )
     calls = result["criteo_calls"]
     total = sum(calls.values())
     print(

@@ -17,7 +17,7 @@ from devtools.local_aws import DEV_WEBHOOK_SECRET
 
 sys.path.insert(0, str(LAYER))
 from audience_sync.records import pack_changes
-from audience_sync.segment import SegmentEventParser, parse_events
+from audience_sync.segment import ParserSettings, SegmentEventParser, parse_events
 from audience_sync.webhook_auth import signature_of
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
@@ -76,7 +76,7 @@ def sample_events() -> dict[str, dict[str, Any]]:
     events["ingest_bad_signature.json"] = http_event(entered, "0" * 40)
     malformed = '{"type": "track", "event": "Audience Entered", '
     events["ingest_malformed_body.json"] = http_event(malformed, signature_of(malformed.encode(), DEV_WEBHOOK_SECRET))
-    parser = SegmentEventParser(frozenset({"email", "madid"}), hash_pii=True)
+    parser = SegmentEventParser(ParserSettings(identifier_types=frozenset({"email", "madid"})))
     changes = parser.parse(parse_events((PAYLOADS / "batch_mixed.json").read_bytes())).changes
     events["sync_sqs_batch.json"] = sqs_event(list(pack_changes(changes, max_bytes=1024)))
     return events

@@ -17,6 +17,11 @@ def sha(email: str) -> str:
     return hashlib.sha256(email.encode()).hexdigest()
 
 
+def user_hash(user_id: str) -> str:
+    """The ledger's user for a Segment userId (documented in docs/design.md: SHA-256 of `u:<userId>`, 32 hex)."""
+    return hashlib.sha256(f"u:{user_id}".encode()).hexdigest()[:32]
+
+
 def audience_event(
     message_id: str,
     audience: str,
@@ -24,13 +29,15 @@ def audience_event(
     timestamp: str = "2026-11-20T10:00:00Z",
     email: str | None = "jane.doe@example.com",
     madid: str | None = None,
+    user_id: str | None = None,
 ) -> dict[str, Any]:
-    """An Engage `Audience Entered`/`Audience Exited` track event."""
+    """An Engage `Audience Entered`/`Audience Exited` track event (userId defaults to one per identifier)."""
     event: dict[str, Any] = {
         "type": "track",
         "event": "Audience Entered" if entered else "Audience Exited",
         "messageId": message_id,
         "timestamp": timestamp,
+        "userId": user_id or f"user-of-{email or madid or message_id}",
         "properties": {"audience_key": audience, audience: entered},
         "context": {"personas": {"computation_class": "audience", "computation_key": audience}, "traits": {}},
     }

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 from devtools.chaos import compare
-from devtools.chaos_events import criteo_identifier, expected_members, generate
+from devtools.chaos_events import KINDS, criteo_identifier, expected_members, generate
+from tests.test_chaos_events import CI_AUDIENCES, CI_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_SOAK = [
-    *("--events", "2000", "--audiences", "3", "--batch-size", "4", "--function-timeout", "9"),
+    *("--events", str(CI_EVENTS), "--audiences", str(CI_AUDIENCES), "--batch-size", "4", "--function-timeout", "9"),
     *("--max-receive-count", "8", "--expire-tokens-every", "3", "--rate-limit", "10", "--rate-window-seconds", "1"),
 ]
 
@@ -37,18 +38,24 @@ def test_ci_sized_chaos_soak_ends_exact() -> None:
     assert {"200", "429", "503"} <= set(patch_statuses), "the soak must actually inject 5xx and 429"
     assert figures["sync"]["token_expiries_forced"] >= 1 and figures["sync"]["messages_handed_back"] >= 1
     assert figures["dead_letters"] == {} and figures["spec_violations"] == []
+    assert all(figures["events"]["kinds"][kind] > 0 for kind in KINDS), figures["events"]["kinds"]
+    assert 0 < figures["events"]["in_pairs_with_consent"] < figures["events"]["in_pairs"]
 
 
 def test_truth_is_independent_and_the_comparison_catches_differences() -> None:
     stream = generate(200, 2, seed=5)
     assert len(stream.delivered) > len(stream.events) and stream.flipped_pairs > 0
     expected = expected_members(stream.events)
-    one = next(iter(stream.events))
-    raw = one.raw_identifiers()["email"]
-    assert criteo_identifier("email", raw) == criteo_identifier("email", f"  {raw.upper()} ")
+    email = next(
+        e.payload()["context"]["traits"]["email"]
+        for e in stream.events
+        if "email" in e.payload()["context"].get("traits", {})
+    )
+    assert criteo_identifier("email", email) == criteo_identifier("email", f"  {email.upper()} ")
+    assert criteo_identifier("phoneNumber", "+44 (20) 1234-5678") == criteo_identifier("phoneNumber", "442012345678")
     actual = {name: {"members": {t: sorted(v) for t, v in by_type.items()}} for name, by_type in expected.items()}
     assert all(row["wrong"] == row["lost"] == 0 for row in compare(expected, actual).values())
-    name = next(iter(actual))
+    name = next(n for n, by_type in expected.items() if by_type["email"])
     members = actual[name]["members"]
     members["email"] = [*members["email"][1:], "f" * 64]  # one lost, one wrong
     row = compare(expected, actual)[name]

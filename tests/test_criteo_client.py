@@ -10,12 +10,13 @@ import requests
 
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
-from audience_sync.criteo.errors import InvalidCredentials, RetryLater, SegmentGone
+from audience_sync.criteo.errors import InvalidCredentials, RejectedRequest, RetryLater, SegmentGone
 from audience_sync.criteo.segments import SegmentDirectory
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO
 
 CREDENTIALS = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
+MARKER = " [segment-criteo-sync deployment=prod]"  # what deployment "prod" writes into its segments' descriptions
 
 
 def client(
@@ -27,13 +28,41 @@ def client(
     )
 
 
-def test_create_race_falls_back_to_the_winners_segment(criteo: CriteoEmulator) -> None:
-    directory = SegmentDirectory(client(criteo), cache={})
-    directory.resolve("segment_other", "x")  # this container has searched once already
-    winner = criteo.state.create(CREDENTIALS.advertiser_id, "segment_raced", "created by another Lambda")
+def directory(api: CriteoClient, deployment: str = "prod", adopt: frozenset[str] = frozenset()) -> SegmentDirectory:
+    return SegmentDirectory(api, deployment, adopt, cache={})
+
+
+@pytest.mark.parametrize("as_200", [False, True], ids=["400", "200-partial-success"])
+def test_create_race_falls_back_to_the_winners_segment(criteo: CriteoEmulator, as_200: bool) -> None:
+    criteo.faults.create_refusals_as_200 = as_200
+    segments = directory(client(criteo))
+    segments.resolve("segment_other", "x")  # this container has searched once already
+    winner = criteo.state.create(CREDENTIALS.advertiser_id, "segment_raced", "created by another Lambda" + MARKER)
     assert winner is not None
-    assert directory.resolve("segment_raced", "x") == winner.id
+    assert segments.resolve("segment_raced", "x") == winner.id
     assert (criteo.count("create"), criteo.count("search")) == (2, 2)
+    assert criteo.calls[-2] == ("POST", "create", 200 if as_200 else 400)
+
+
+@pytest.mark.parametrize("as_200", [False, True], ids=["403", "200-partial-success"])
+def test_create_refused_for_another_reason_is_a_clear_rejection(criteo: CriteoEmulator, as_200: bool) -> None:
+    criteo.faults.create_refusals_as_200 = as_200
+    api = client(criteo, credentials=CriteoCredentials(CREDENTIALS.client_id, CREDENTIALS.client_secret, "777"))
+    with pytest.raises(RejectedRequest) as error:
+        api.create_contact_list("segment_private_name", "x")
+    assert "advertiser-not-accessible" in str(error.value) and "segment_private_name" not in str(error.value)
+    assert error.value.status == (200 if as_200 else 403) and api.stats.calls["create"] == 1
+
+
+def test_gum_identifiers_carry_the_caller_id_and_other_types_never_do(criteo: CriteoEmulator) -> None:
+    api = client(criteo)
+    segment = directory(api).resolve("segment_gum", "x")
+    with pytest.raises(ValueError, match="gum"):
+        api.patch_contact_list(segment, "add", "gum", ["123"])
+    assert api.stats.calls.get("patch", 0) == 0
+    assert api.patch_contact_list(segment, "add", "gum", ["123", "abc-9"], gum_caller_id=42)["nbValidIdentifiers"] == 2
+    assert api.patch_contact_list(segment, "add", "email", ["a@example.com"], gum_caller_id=42)["nbValidIdentifiers"]
+    assert criteo.segments()["segment_gum"]["members"]["gum"] == {"123", "abc-9"}
 
 
 def test_segment_of_another_advertiser_is_gone_for_us(criteo: CriteoEmulator) -> None:
@@ -44,7 +73,7 @@ def test_segment_of_another_advertiser_is_gone_for_us(criteo: CriteoEmulator) ->
 
 def test_rate_limit_waits_for_the_reset_then_succeeds(criteo: CriteoEmulator) -> None:
     api = client(criteo)
-    segment = SegmentDirectory(api, cache={}).resolve("segment_a", "x")
+    segment = directory(api).resolve("segment_a", "x")
     criteo.faults.fail_next = [429]
     started = time.monotonic()
     result = api.patch_contact_list(segment, "add", "email", ["a@example.com"])
@@ -95,7 +124,7 @@ def test_search_pages_through_every_segment(criteo: CriteoEmulator) -> None:
     for i in range(230):
         criteo.state.create(CREDENTIALS.advertiser_id, f"segment_{i}", "")
     api = client(criteo)
-    assert len(dict(api.search_contact_lists())) == 230
+    assert len({found.id for found in api.search_contact_lists()}) == 230
     assert api.stats.calls["search"] == 3
 
 

@@ -19,7 +19,7 @@ import requests
 
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.criteo_emulator.identifiers import is_valid
-from devtools.criteo_emulator.spec import SPEC_PATH, response_problems
+from devtools.criteo_emulator.spec import SPEC_PATH, problems, response_problems
 
 ADVERTISER = "12345"
 CREDS = {"client_id": "test-client", "client_secret": "test-secret", "grant_type": "client_credentials"}
@@ -29,6 +29,12 @@ SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "criteo" / SPEC_P
 SHA = hashlib.sha256(b"a@example.com").hexdigest()
 MD5 = hashlib.md5(b"a@example.com").hexdigest()  # noqa: S324 - Criteo accepts MD5 emails
 MADID = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
+# Criteo's worked examples of hashed phone numbers (help centre, "Pass phone numbers"): as written -> SHA-256 hex.
+PHONE_EXAMPLES = {
+    "+33 1 40 40 22 90": "fda66831d0cb0eb4bffb21bc795308d69921c211c57be0ae15702071e3b9e988",
+    "1 (234) 567-8910": "63640264849a87c90356129d99ea165e37aa5fabc1fea46906df1a7ca50db492",
+    "81-12-3456-7891": "d9825fb05347d3c910fc5202c0c20d07a87b791cc643c6f2d70402394a849540",
+}
 
 Api = Callable[..., requests.Response]
 
@@ -68,9 +74,25 @@ def search(api: Api, **params: Any) -> requests.Response:
     return api("POST", f"{SEGMENTS}/search", params=params, json=body)
 
 
-def create(api: Api, name: str, advertiser_id: str = ADVERTISER) -> requests.Response:
-    attributes = {"advertiserId": advertiser_id, "name": name, "description": "d", "contactList": {}}
-    return api("POST", f"{SEGMENTS}/create", json={"data": [{"type": "AudienceSegment", "attributes": attributes}]})
+def create(api: Api, *names: str, advertiser_id: str = ADVERTISER) -> requests.Response:
+    items = [
+        {
+            "type": "AudienceSegment",
+            "attributes": {"advertiserId": advertiser_id, "name": n, "description": "d", "contactList": {}},
+        }
+        for n in names
+    ]
+    return api("POST", f"{SEGMENTS}/create", json={"data": items})
+
+
+def update(api: Api, segment_id: str, **attributes: Any) -> requests.Response:
+    item = {"id": segment_id, "type": "AudienceSegment", "attributes": attributes}
+    return api("PATCH", SEGMENTS, json={"data": [item]})
+
+
+def error_item_problems(response: requests.Response) -> list[str]:
+    """How the first error breaks the spec's AudienceError (the error item of contact-list responses)."""
+    return problems("AudienceError", response.json()["errors"][0], "response")
 
 
 def new_segment(api: Api, name: str = "s") -> str:
@@ -157,6 +179,7 @@ def test_search_pages_filters_and_answers_per_spec(emu: CriteoEmulator, api: Api
     assert first["meta"] == {"totalItems": 120, "limit": 100, "offset": 0}
     assert [s["attributes"]["name"] for s in first["data"] + second["data"]] == [f"seg{i:03}" for i in range(120)]
     assert response_problems(f"{SEGMENTS}/search", "post", 200, first) == []
+    assert first["data"][0]["attributes"]["description"] is None
     assert first["data"][0]["attributes"]["type"] == "ContactList" and first["data"][0]["id"].isdigit()
     assert search(api).json()["meta"]["limit"] == 50
     wanted = [first["data"][3]["id"], second["data"][0]["id"]]
@@ -180,6 +203,7 @@ def test_create_answers_ids_and_refuses_duplicates_and_other_advertisers(emu: Cr
     assert again.status_code == 400
     assert (again.json()["errors"][0]["type"], error_code(again)) == ("validation", "name-must-be-unique")
     assert create(api, "x", advertiser_id="777").status_code == 403
+    assert (create(api, "y", "y").status_code, emu.segments().get("y")) == (400, None)
     not_a_contact_list = {"data": [{"attributes": {"advertiserId": ADVERTISER, "name": "y"}}]}
     assert api("POST", f"{SEGMENTS}/create", json=not_a_contact_list).status_code == 400
     assert sorted(emu.segments()) == ["dup", "other"] and emu.segments()["dup"]["description"] == "d"
@@ -210,14 +234,86 @@ def test_patch_counts_valid_and_invalid_and_applies_valid_ones(emu: CriteoEmulat
     [
         ("email", ["a.b+c@mail.example.co", SHA, MD5], ["A@example.com", "a@example", "a @example.com", SHA[:-1]]),
         ("madid", [MADID, MADID.upper()], ["6d92078a82464ba4ae5b76104861e7dc", ""]),
-        ("phoneNumber", ["+33612345678", SHA], ["0612345678", "+1234567", "+33 612345678"]),
+        (
+            "phoneNumber",
+            ["+33612345678", "+12345678", "+123456789012345", SHA],
+            ["0612345678", "+1234567", "+1234567890123456", "+0612345678", "33612345678", "+33 612345678", SHA.upper()],
+        ),
         ("identityLink", ["XY1000abc"], ["", "with space"]),
-        ("gum", ["123456789"], ["", "a b"]),
+        ("gum", ["123456789", "opaque-GUM_id.1"], ["", "a b"]),
     ],
 )
 def test_identifier_validity(kind: str, valid: list[str], invalid: list[str]) -> None:
     assert [is_valid(kind, v) for v in valid] == [True] * len(valid)
     assert [is_valid(kind, v) for v in invalid] == [False] * len(invalid)
+
+
+def test_phone_numbers_in_criteos_documented_forms(emu: CriteoEmulator, api: Api) -> None:
+    digits = {written: "".join(c for c in written if c.isdigit()) for written in PHONE_EXAMPLES}
+    assert {w: hashlib.sha256(d.encode()).hexdigest() for w, d in digits.items()} == PHONE_EXAMPLES
+    segment = new_segment(api)
+    valid = [*PHONE_EXAMPLES.values(), *(f"+{d}" for d in digits.values())]
+    invalid = [*PHONE_EXAMPLES, *digits.values(), "0140402290", PHONE_EXAMPLES["81-12-3456-7891"].upper()]
+    attributes = patch(api, segment, valid + invalid, kind="phoneNumber").json()["data"]["attributes"]
+    assert (attributes["nbValidIdentifiers"], attributes["nbInvalidIdentifiers"]) == (6, 8)
+    state = requests.get(f"{emu.url}/__admin/state").json()
+    assert state["segments"]["s"]["members"]["phoneNumber"] == sorted(valid)
+    assert PHONE_EXAMPLES["+33 1 40 40 22 90"] in emu.segments()["s"]["members"]["phoneNumber"]
+    patch(api, segment, [PHONE_EXAMPLES["+33 1 40 40 22 90"]], operation="remove", kind="phoneNumber")
+    assert PHONE_EXAMPLES["+33 1 40 40 22 90"] not in emu.segments()["s"]["members"]["phoneNumber"]
+    assert emu.spec_violations == []
+
+
+def test_gum_caller_id_is_required_with_gum_and_refused_otherwise(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    missing = patch(api, segment, ["123"], kind="gum")
+    unexpected = patch(api, segment, ["a@example.com"], gumCallerId=42)
+    for response, code in ((missing, "missing-gum-caller-id"), (unexpected, "unexpected-gum-caller-id")):
+        assert (response.status_code, error_code(response)) == (400, code)
+        assert response.json()["errors"][0]["type"] == "validation" and error_item_problems(response) == []
+    gum = patch(api, segment, ["123", "opaque-GUM_id.1", "a b"], kind="gum", gumCallerId=42)
+    assert response_problems(CONTACT_LIST, "patch", 200, gum.json()) == []
+    assert (gum.json()["data"]["attributes"]["nbValidIdentifiers"], emu.segments()["s"]["members"]["email"]) == (
+        2,
+        set(),
+    )
+    assert emu.segments()["s"]["members"]["gum"] == {"123", "opaque-GUM_id.1"}
+    assert emu.spec_violations == []
+
+
+def test_create_refusals_as_a_200_partial_success(emu: CriteoEmulator, api: Api) -> None:
+    new_segment(api, "dup")
+    changed = requests.post(f"{emu.url}/__admin/faults", json={"create_refusals_as_200": True})
+    assert changed.json()["faults"]["create_refusals_as_200"] is True
+    partial = create(api, "dup", "fresh")
+    assert partial.status_code == 200
+    assert response_problems(f"{SEGMENTS}/create", "post", 200, partial.json()) == []
+    assert [s["attributes"]["name"] for s in partial.json()["data"]] == ["fresh"]
+    assert [(e["type"], e["code"]) for e in partial.json()["errors"]] == [("validation", "name-must-be-unique")]
+    foreign = create(api, "x", advertiser_id="777")
+    assert (foreign.status_code, foreign.json()["data"], error_code(foreign)) == (200, [], "advertiser-not-accessible")
+    assert response_problems(f"{SEGMENTS}/create", "post", 200, foreign.json()) == []
+    assert sorted(emu.segments()) == ["dup", "fresh"] and emu.spec_violations == []
+    emu.faults.clear()
+    assert create(api, "dup").status_code == 400
+
+
+def test_update_sets_descriptions_and_reports_refused_items_per_spec(emu: CriteoEmulator, api: Api) -> None:
+    segment = new_segment(api)
+    updated = update(api, segment, description={"value": "mine"})
+    assert updated.status_code == 200
+    assert response_problems(SEGMENTS, "patch", 200, updated.json()) == []
+    assert [(s["id"], s["attributes"]["description"]) for s in updated.json()["data"]] == [(segment, "mine")]
+    assert search(api).json()["data"][0]["attributes"]["description"] == "mine"
+    assert update(api, segment).status_code == 200 and emu.segments()["s"]["description"] == "mine"
+    assert update(api, segment, description={}).json()["data"][0]["attributes"]["description"] is None
+    for segment_id, code in (("424242", "audience-not-found"), (emu.add_foreign_segment("theirs"), "audience-invalid")):
+        refused = update(api, segment_id, description={"value": "x"})
+        assert (refused.status_code, refused.json()["data"], error_code(refused)) == (200, [], code)
+        assert response_problems(SEGMENTS, "patch", 200, refused.json()) == []
+    renamed = update(api, segment, name="other")
+    assert (renamed.status_code, emu.segments()["s"]["description"]) == (400, None)
+    assert emu.count("update") == 6 and emu.spec_violations == []
 
 
 def test_patch_business_rules(emu: CriteoEmulator, api: Api) -> None:
@@ -332,7 +428,15 @@ def test_admin_endpoints(emu: CriteoEmulator, api: Api) -> None:
     patch(api, new_segment(api), ["b@example.com", "a@example.com"])
     state = requests.get(f"{emu.url}/__admin/state").json()
     assert state["segments"]["s"]["members"]["email"] == ["a@example.com", "b@example.com"]
-    assert state["calls"] == {"token": 1, "search": 0, "create": 1, "patch": 1, "delete": 0, "statistics": 0}
+    assert state["calls"] == {
+        "token": 1,
+        "search": 0,
+        "create": 1,
+        "update": 0,
+        "patch": 1,
+        "delete": 0,
+        "statistics": 0,
+    }
     assert emu.calls == [("POST", "token", 200), ("POST", "create", 200), ("PATCH", "contact-list", 200)]
     changed = requests.post(f"{emu.url}/__admin/faults", json={"fail_next": [503], "rate_limit": 10})
     assert changed.status_code == 200 and changed.json()["faults"]["fail_next"] == [503]

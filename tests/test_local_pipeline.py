@@ -70,7 +70,7 @@ def test_serve_mode_answers_curl_and_ctrl_c_leaves_no_process_behind() -> None:
                 break
         url = line.split(" to ")[-1].strip()
         own = b'{"type":"track","event":"Audience Entered","messageId":"curl-1","timestamp":"2026-11-22T10:00:00Z",'
-        own += b'"properties":{"audience_key":"mine"},"context":{"traits":{"email":"me@example.com"}}}'
+        own += b'"userId":"me-1","properties":{"audience_key":"mine"},"context":{"traits":{"email":"me@example.com"}}}'
         answer = requests.post(
             url,
             data=own,

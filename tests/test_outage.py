@@ -16,7 +16,7 @@ from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import MotoServer
 from devtools.redrive import redrive, sqs_client
 from tests.conftest import Stack, make_stack
-from tests.segment_events import answer, audience_event, sha, signed
+from tests.segment_events import answer, audience_event, sha, signed, user_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,28 +62,30 @@ def test_long_criteo_outage_dead_letters_then_redrive_restores_exact_state(
 
 def test_redrive_command_line_moves_messages_back(moto_server: MotoServer, criteo: CriteoEmulator) -> None:
     stack = make_stack(moto_server, criteo)
-    stack.aws.client("sqs").send_message(QueueUrl=stack.aws.dead_letter_queue_url, MessageBody='{"v":1,"r":[]}')
+    stack.aws.client("sqs").send_message(QueueUrl=stack.aws.dead_letter_queue_url, MessageBody='{"v":2,"r":[]}')
     command = [sys.executable, "-m", "devtools.redrive", "--endpoint", moto_server.endpoint]
     command += ["--dlq-url", stack.aws.dead_letter_queue_url, "--queue-url", stack.aws.queue_url]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "moved 1 message(s)" in done.stdout
-    assert [m["body"] for m in stack.queued_bodies()] == [{"v": 1, "r": []}]
+    assert [m["body"] for m in stack.queued_bodies()] == [{"v": 2, "r": []}]
 
 
 def test_poison_records_are_reported_and_do_not_block_other_audiences(
     stack: Stack, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     good = [
-        AudienceChange(f"aud{i % 3}", "", "add", "email", sha(f"u{i}@example.com"), 1000 + i, f"m{i}")
+        AudienceChange(
+            f"aud{i % 3}", "", "add", user_hash(f"u{i}"), 1000 + i, f"m{i}", {"email": [sha(f"u{i}@example.com")]}
+        )
         for i in range(30)
     ]
     # A record type Criteo's spec refuses (400 validation), packed in the same message as good records.
-    poison = AudienceChange("aud0", "", "add", "notAType", "whatever", 5000, "bad1")
+    poison = AudienceChange("aud0", "", "add", user_hash("poison"), 5000, "bad1", {"notAType": ["whatever"]})
     sqs = stack.aws.client("sqs")
     for body in pack_changes([*good[:15], poison, *good[15:]]):
         sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody=body)
-    sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody='{"v": 1, "r": [["truncated')
+    sqs.send_message(QueueUrl=stack.aws.queue_url, MessageBody='{"v": 2, "r": [["truncated')
     stack.poller().drain()
     provoked, stack.criteo.spec_violations[:] = list(stack.criteo.spec_violations), []
     assert len(provoked) == 1 and "'notAType' is not one of" in provoked[0]  # the refusal we provoked on purpose
@@ -126,7 +128,7 @@ def test_ingest_answers_503_while_a_dependency_is_down_and_segments_retry_is_acc
     status, body = answer(stack.invoke_ingest(request))  # Segment retries the same request
     assert (status, body["accepted"]) == (200, 50)
     rows = [row for message in stack.queued_bodies() for row in message["body"]["r"]]
-    assert sorted(row[4] for row in rows) == sorted(sha(f"u{i}@example.com") for i in range(50))
+    assert sorted(row[6]["email"][0] for row in rows) == sorted(sha(f"u{i}@example.com") for i in range(50))
 
 
 def test_sqs_failing_midway_through_a_request_loses_nothing(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devtools.criteo_emulator.errors import problem
+from devtools.criteo_emulator.errors import Reply, problem
 from devtools.criteo_emulator.identifiers import is_valid
 from devtools.criteo_emulator.state import AccountState, Segment, iso_timestamp
 
@@ -14,7 +14,7 @@ _SEGMENT_KINDS = {"contactList", "inMarket", "location", "lookalike", "prospecti
 
 
 class AudienceApi:
-    """Search, create, amend, empty and count contact lists of the one advertiser the client may see."""
+    """Search, create, describe, amend, empty and count contact lists of the one advertiser the client may see."""
 
     def __init__(self, state: AccountState, advertiser_id: str) -> None:
         self.state = state
@@ -42,25 +42,46 @@ class AudienceApi:
             "warnings": [],
         }
 
-    def create(self, body: dict[str, Any], instance: str) -> dict[str, Any]:
-        """Create every requested contact list, or none when one of them is refused."""
+    def create(self, body: dict[str, Any], instance: str, refusals_as_200: bool = False) -> dict[str, Any]:
+        """Create every requested contact list, or none when one is refused (its 4xx), or with `refusals_as_200`
+        the others, naming the refused ones in `errors` (the spec's "partial success")."""
         wanted = [item.get("attributes") or {} for item in body.get("data") or []]
         if not wanted:
             raise problem(400, "validation", "missing-segments", "data must list at least one segment", instance)
         names = [attributes["name"] for attributes in wanted]
         with self.state.lock:
-            for attributes in wanted:
-                if attributes["advertiserId"] != self.advertiser_id:
-                    detail = f"advertiser {attributes['advertiserId']} is not accessible to this application"
-                    raise problem(403, "access-control", "advertiser-not-accessible", detail, instance)
-                if "contactList" not in attributes or len(set(attributes) & _SEGMENT_KINDS) != 1:
-                    detail = "the emulator only creates contact lists: give contactList and no other segment kind"
-                    raise problem(400, "validation", "invalid-segment-type", detail, instance)
-                name = attributes["name"]
-                if names.count(name) > 1 or self.state.find(self.advertiser_id, name):
-                    raise problem(400, "validation", "name-must-be-unique", f"a segment is named {name!r}", instance)
-            created = [self.state.create(self.advertiser_id, a["name"], a.get("description")) for a in wanted]
-        return {"data": [self._resource(s) for s in created if s], "errors": [], "warnings": []}
+            refusals = [self._refusal(attributes, names, instance) for attributes in wanted]
+            first = next((refusal for refusal in refusals if refusal), None)
+            if first and not refusals_as_200:
+                raise first
+            created = [
+                self.state.create(self.advertiser_id, a["name"], a.get("description"))
+                for a, refusal in zip(wanted, refusals, strict=True)
+                if refusal is None
+            ]
+        errors = [refusal.body["errors"][0] for refusal in refusals if refusal]
+        return {"data": [self._resource(s) for s in created if s], "errors": errors, "warnings": []}
+
+    def update(self, body: dict[str, Any], instance: str) -> dict[str, Any]:
+        """Set the descriptions of the listed segments; unknown or foreign ones are named in `errors`."""
+        items = body.get("data") or []
+        if not items:
+            raise problem(400, "validation", "missing-segments", "data must list at least one segment", instance)
+        if any(set(item.get("attributes") or {}) - {"description"} for item in items):
+            detail = "the emulator only updates descriptions"
+            raise problem(400, "validation", "unsupported-segment-update", detail, instance)
+        updated, errors = [], []
+        for item in items:
+            try:
+                segment = self.own_segment(str(item.get("id")), instance)
+            except Reply as refusal:
+                errors.append(refusal.body["errors"][0])
+                continue
+            description = (item.get("attributes") or {}).get("description")
+            if description is not None:  # NillableString: {"value": null} or {} clears it
+                self.state.describe(segment, description.get("value"))
+            updated.append(segment)
+        return {"data": [self._resource(s) for s in updated], "errors": errors, "warnings": []}
 
     def amend(self, segment_id: str, body: dict[str, Any], instance: str, now: float) -> dict[str, Any]:
         """Add or remove the valid identifiers; count valid and invalid ones the way Criteo does."""
@@ -72,6 +93,9 @@ class AudienceApi:
             raise problem(400, "validation", "invalid-identifiers-count", detail, instance)
         if kind == "gum" and "gumCallerId" not in attributes:
             raise problem(400, "validation", "missing-gum-caller-id", "identifierType gum needs gumCallerId", instance)
+        if kind != "gum" and "gumCallerId" in attributes:
+            detail = "gumCallerId goes only with identifierType gum"
+            raise problem(400, "validation", "unexpected-gum-caller-id", detail, instance)
         segment = self.own_segment(segment_id, instance)
         valid = [i for i in identifiers if is_valid(kind, i)]
         invalid = [i for i in identifiers if not is_valid(kind, i)]
@@ -117,6 +141,19 @@ class AudienceApi:
             detail = f"audience segment {segment_id} belongs to another advertiser"
             raise problem(403, "access-control", "audience-invalid", detail, instance)
         return segment
+
+    def _refusal(self, attributes: dict[str, Any], names: list[str], instance: str) -> Reply | None:
+        """Why one requested segment can't be created, if it can't."""
+        if attributes["advertiserId"] != self.advertiser_id:
+            detail = f"advertiser {attributes['advertiserId']} is not accessible to this application"
+            return problem(403, "access-control", "advertiser-not-accessible", detail, instance)
+        if "contactList" not in attributes or len(set(attributes) & _SEGMENT_KINDS) != 1:
+            detail = "the emulator only creates contact lists: give contactList and no other segment kind"
+            return problem(400, "validation", "invalid-segment-type", detail, instance)
+        name = attributes["name"]
+        if names.count(name) > 1 or self.state.find(self.advertiser_id, name):
+            return problem(400, "validation", "name-must-be-unique", f"a segment is named {name!r}", instance)
+        return None
 
     @staticmethod
     def _resource(segment: Segment) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Fault injection for the Criteo emulator: rate limits, 5xx, latency, outages, deprecation, token expiry."""
+"""Fault injection for the Criteo emulator: rate limits, 5xx, latency, outages, deprecation, token expiry, and
+Criteo's "partial success" 200 answer to a refused create."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Faults:
     down: bool = False  # every call answers 503
     deprecated: bool = False  # versioned responses carry Deprecation/Sunset headers
     token_errors: bool = False  # apply these faults to /oauth2/token too
+    create_refusals_as_200: bool = False  # create names refused items in a 200's `errors` (partial success), not 4xx
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _rng: random.Random | None = field(default=None, init=False, repr=False, compare=False)
     _rng_seed: int | None = field(default=None, init=False, repr=False, compare=False)

@@ -10,7 +10,8 @@ IDENTIFIER_TYPES = ("email", "madid", "identityLink", "gum", "phoneNumber")
 _EMAIL = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}")
 _MD5_OR_SHA256 = re.compile(r"[0-9a-f]{32}|[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_PHONE_OR_SHA256 = re.compile(r"\+[0-9]{8,15}|[0-9a-f]{64}")
+# International form with `+` (no separators, no leading 0), or lowercase hex SHA-256 of those digits without `+`.
+_PHONE_OR_SHA256 = re.compile(r"\+[1-9][0-9]{7,14}|[0-9a-f]{64}")
 _OPAQUE = re.compile(r"\S+")
 
 _RULES: dict[str, Callable[[str], object]] = {

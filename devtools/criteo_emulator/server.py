@@ -53,6 +53,7 @@ class Operation:
 OPERATIONS = {
     "search": Operation("POST", f"{_SEGMENTS}/search", "search"),
     "create": Operation("POST", f"{_SEGMENTS}/create", "create"),
+    "update": Operation("PATCH", _SEGMENTS, "audience-segments"),
     "patch": Operation("PATCH", f"{_SEGMENTS}/{{audience-segment-id}}/contact-list", "contact-list"),
     "delete": Operation("DELETE", f"{_SEGMENTS}/{{audience-segment-id}}/contact-list", "contact-list"),
     "statistics": Operation("GET", f"{_SEGMENTS}/{{audience-segment-id}}/contact-list/statistics", "statistics"),
@@ -157,7 +158,7 @@ class CriteoEmulator:
         self.faults.expire_tokens()
 
     def count(self, kind: str) -> int:
-        """Calls received of a kind: token, search, create, patch, delete or statistics (any status)."""
+        """Calls received of a kind: token, search, create, update, patch, delete or statistics (any status)."""
         if kind not in CALL_KINDS:
             raise ValueError(f"unknown call kind {kind!r}; one of {', '.join(CALL_KINDS)}")
         with self._log_lock:
@@ -253,7 +254,9 @@ class CriteoEmulator:
         if endpoint == "search":
             return self.api.search(body, query["limit"], query["offset"], instance)
         if endpoint == "create":
-            return self.api.create(body, instance)
+            return self.api.create(body, instance, self.faults.create_refusals_as_200)
+        if endpoint == "update":
+            return self.api.update(body, instance)
         segment_id = str(args["segment_id"])
         if endpoint == "delete":
             return self.api.empty(segment_id, instance)

@@ -111,6 +111,12 @@ class AccountState:
                 del self.segments[segment.id]
             return segment is not None
 
+    def describe(self, segment: Segment, description: str | None) -> None:
+        """Replace the description."""
+        with self.lock:
+            segment.description = description
+            segment.updated_at = iso_timestamp(self.clock())
+
     def amend(self, segment: Segment, operation: str, identifier_type: str, identifiers: Iterable[str]) -> None:
         """Add or remove identifiers of one type."""
         with self.lock:

@@ -16,7 +16,7 @@ from audience_sync.http import request_from_apigw_v2, to_apigw_v2
 from audience_sync.ingest import IngestService
 from audience_sync.observability import logger, metrics
 from audience_sync.queue import QueueWriter
-from audience_sync.segment import SegmentEventParser
+from audience_sync.segment import ParserSettings, SegmentEventParser
 from audience_sync.webhook_auth import WebhookAuthenticator
 
 settings = IngestSettings.from_env()
@@ -39,7 +39,14 @@ def load_webhook_secret(force: bool) -> str | None:
 
 service = IngestService(
     authenticator=WebhookAuthenticator(load_webhook_secret, settings.allow_bearer_token),
-    parser=SegmentEventParser(settings.identifier_types, settings.hash_emails),
+    parser=SegmentEventParser(
+        ParserSettings(
+            identifier_types=settings.identifier_types,
+            hash_pii=settings.hash_emails,
+            consent_categories=settings.consent_categories,
+            max_clock_skew_ms=settings.max_clock_skew_seconds * 1000,
+        )
+    ),
     queue=QueueWriter(boto3.client("sqs"), settings.queue_url),
     max_body_bytes=settings.max_body_bytes,
 )

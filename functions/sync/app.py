@@ -13,15 +13,22 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
 from audience_sync.criteo.client import CriteoClient
+from audience_sync.ledger import Ledger
 from audience_sync.observability import logger, metrics
-from audience_sync.ordering import OrderingStore
 from audience_sync.queue import QueueWriter
-from audience_sync.sync import AudienceSync, DeadLetters, SyncReport, park_exhausted
+from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions, SyncReport, park_exhausted
 
 settings = SyncSettings.from_env()
 # One HTTP session (connection pool) and AWS clients per container, reused by every invocation.
 session = requests.Session()
-store = OrderingStore(boto3.client("dynamodb"), settings.ordering_table, settings.lock_seconds)
+ledger = Ledger(boto3.client("dynamodb"), settings.ledger_table, settings.lock_seconds)
+options = SyncOptions(
+    name_prefix=settings.audience_name_prefix,
+    deployment=settings.deployment_id,
+    adopt_segments=settings.adopt_segments,
+    consent_required=settings.consent_required,
+    gum_caller_id=settings.gum_caller_id,
+)
 dead_letters = DeadLetters(QueueWriter(boto3.client("sqs"), settings.dead_letter_queue_url))
 
 
@@ -60,7 +67,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         report.hand_back((message_id for message_id, _ in messages), "the Criteo secret is unreadable or incomplete")
     else:
         criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
-        report = AudienceSync(criteo, store, dead_letters, settings.audience_name_prefix, seconds_left).run(messages)
+        report = AudienceSync(criteo, ledger, dead_letters, options, seconds_left).run(messages)
         counts = {
             "criteo_calls": criteo.stats.total_calls,
             "criteo_retries": criteo.stats.retries,

@@ -13,6 +13,11 @@ def _flag(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _names(name: str, default: str = "") -> frozenset[str]:
+    """A comma-separated list setting."""
+    return frozenset(part.strip() for part in os.environ.get(name, default).split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     """What the ingest function needs."""
@@ -21,6 +26,8 @@ class IngestSettings:
     webhook_secret_arn: str
     hash_emails: bool = True
     identifier_types: frozenset[str] = frozenset({"email", "madid"})
+    consent_categories: frozenset[str] = frozenset()  # required for advertising; empty: consent not enforced
+    max_clock_skew_seconds: int = 300  # a timestamp later than its receipt by more is clamped to the receipt
     allow_bearer_token: bool = False
     max_body_bytes: int = 5 * 1024 * 1024
     secret_max_age_seconds: int = 300
@@ -28,7 +35,7 @@ class IngestSettings:
     @classmethod
     def from_env(cls) -> IngestSettings:
         """Read the settings from environment variables."""
-        types = frozenset(t.strip() for t in os.environ.get("IDENTIFIER_TYPES", "email,madid").split(",") if t.strip())
+        types = _names("IDENTIFIER_TYPES", "email,madid")
         unknown = types - IDENTIFIER_TYPES
         if unknown:
             raise ValueError(f"IDENTIFIER_TYPES has unknown types: {sorted(unknown)}")
@@ -37,6 +44,8 @@ class IngestSettings:
             webhook_secret_arn=os.environ["WEBHOOK_SECRET_ARN"],
             hash_emails=_flag("HASH_EMAILS", True),
             identifier_types=types,
+            consent_categories=_names("CONSENT_CATEGORIES"),
+            max_clock_skew_seconds=int(os.environ.get("MAX_CLOCK_SKEW_SECONDS", 300)),
             allow_bearer_token=_flag("ALLOW_BEARER_TOKEN", False),
             max_body_bytes=int(os.environ.get("MAX_BODY_BYTES", 5 * 1024 * 1024)),
             secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
@@ -48,11 +57,15 @@ class SyncSettings:
     """What the sync function needs."""
 
     criteo_secret_arn: str
-    ordering_table: str
+    ledger_table: str
     dead_letter_queue_url: str
     criteo_base_url: str = "https://api.criteo.com"
     criteo_api_version: str = "2026-07"
     audience_name_prefix: str = "segment_"
+    deployment_id: str = "segment-criteo-sync"  # marks the Criteo segments this deployment created
+    adopt_segments: frozenset[str] = frozenset()  # existing segment names (or "*") this deployment may take over
+    consent_required: bool = False  # CONSENT_CATEGORIES is set (ingest judges the categories)
+    gum_caller_id: int | None = None  # Criteo's gumCallerId, needed to send gum identifiers
     secret_max_age_seconds: int = 300
     lock_seconds: int = 960
     max_receive_count: int = 0  # the queue's maxReceiveCount: on that delivery a failing message is parked by us
@@ -62,11 +75,15 @@ class SyncSettings:
         """Read the settings from environment variables."""
         return cls(
             criteo_secret_arn=os.environ["CRITEO_SECRET_ARN"],
-            ordering_table=os.environ["ORDERING_TABLE"],
+            ledger_table=os.environ["LEDGER_TABLE"],
             dead_letter_queue_url=os.environ["DEAD_LETTER_QUEUE_URL"],
             criteo_base_url=os.environ.get("CRITEO_BASE_URL", "https://api.criteo.com").rstrip("/"),
             criteo_api_version=os.environ.get("CRITEO_API_VERSION", "2026-07"),
             audience_name_prefix=os.environ.get("AUDIENCE_NAME_PREFIX", "segment_"),
+            deployment_id=os.environ.get("DEPLOYMENT_ID", "segment-criteo-sync"),
+            adopt_segments=_names("ADOPT_SEGMENTS"),
+            consent_required=bool(_names("CONSENT_CATEGORIES")),
+            gum_caller_id=int(os.environ["GUM_CALLER_ID"]) if os.environ.get("GUM_CALLER_ID") else None,
             secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
             lock_seconds=int(os.environ.get("AUDIENCE_LOCK_SECONDS", 960)),
             max_receive_count=int(os.environ.get("MAX_RECEIVE_COUNT", 0)),

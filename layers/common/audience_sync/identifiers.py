@@ -9,14 +9,17 @@ EMAIL = "email"
 MADID = "madid"
 PHONE = "phoneNumber"
 IDENTITY_LINK = "identityLink"
-IDENTIFIER_TYPES = frozenset({EMAIL, MADID, PHONE, IDENTITY_LINK})
+GUM = "gum"
+IDENTIFIER_TYPES = frozenset({EMAIL, MADID, PHONE, IDENTITY_LINK, GUM})
+# What devices report when the user limited ad tracking: identifies nobody, never sent.
+ZERO_MADID = "00000000-0000-0000-0000-000000000000"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PHONE_NOISE = re.compile(r"[\s().-]")
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_INTERNATIONAL = re.compile(r"\+?([1-9][0-9]{7,14})")
 
 
 class InvalidIdentifier(ValueError):
@@ -47,20 +50,25 @@ def normalize_madid(raw: str) -> str:
 
 
 def normalize_phone(raw: str, hash_phones: bool) -> str:
-    """E.164 (`+` and digits), hashed like emails when hashing is on."""
+    """An international number (country code first, `+` optional, no leading 0).
+
+    Criteo's hashed form is SHA-256 of the digits alone (no `+`); the clear form is `+` and the digits.
+    """
     phone = _PHONE_NOISE.sub("", raw.strip())
     if _HEX64.fullmatch(phone.lower()):
         return phone.lower()
-    if not _E164.fullmatch(phone):
-        raise InvalidIdentifier("phoneNumber is not in E.164 format")
-    return sha256_hex(phone) if hash_phones else phone
+    match = _INTERNATIONAL.fullmatch(phone)
+    if not match:
+        raise InvalidIdentifier("phoneNumber is not an international number (country code, 8-15 digits)")
+    digits = match.group(1)
+    return sha256_hex(digits) if hash_phones else "+" + digits
 
 
-def normalize_identity_link(raw: str) -> str:
-    """LiveRamp IdentityLink ids are opaque tokens: trim only."""
+def normalize_opaque(id_type: str, raw: str) -> str:
+    """LiveRamp IdentityLink and Criteo GUM ids are opaque tokens: trim only."""
     value = raw.strip()
     if not value or " " in value:
-        raise InvalidIdentifier("identityLink is empty or has spaces")
+        raise InvalidIdentifier(f"{id_type} is empty or has spaces")
     return value
 
 
@@ -82,4 +90,4 @@ def normalize(id_type: str, raw: str, hash_pii: bool) -> str:
         return normalize_madid(raw)
     if id_type == PHONE:
         return normalize_phone(raw, hash_pii)
-    return normalize_identity_link(raw)
+    return normalize_opaque(id_type, raw)

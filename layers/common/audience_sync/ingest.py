@@ -7,9 +7,10 @@ from typing import Any
 
 from audience_sync.errors import ConfigurationError, DependencyUnavailable
 from audience_sync.http import HttpRequest, HttpResponse, error_response
+from audience_sync.observability import logger
 from audience_sync.queue import QueueWriter
-from audience_sync.records import pack_changes
-from audience_sync.segment import RequestError, SegmentEventParser, parse_events
+from audience_sync.records import REMOVE, pack_changes
+from audience_sync.segment import ParseResult, RequestError, SegmentEventParser, parse_events
 from audience_sync.webhook_auth import Unauthorized, WebhookAuthenticator
 
 
@@ -69,14 +70,31 @@ class IngestService:
             "messages": len(bodies),
         }
         payload: dict[str, Any] = {**counts, "errors": result.rejections}
-        metrics = {
-            "events_accepted": result.accepted,
-            "events_ignored": result.ignored,
-            "events_rejected": len(result.rejections),
-            "records_queued": len(result.changes),
-            "messages_queued": len(bodies),
-        }
         status = 400 if result.rejections and not (result.accepted or result.ignored) else 200
         if status == 400:
             payload["error"] = {"code": "no_valid_events", "message": "no event in the request could be accepted"}
-        return IngestOutcome(HttpResponse(status, payload), metrics)
+        return IngestOutcome(HttpResponse(status, payload), metrics_of(result, len(bodies)))
+
+
+def metrics_of(result: ParseResult, messages: int) -> dict[str, int]:
+    """Counts for CloudWatch, with every rejection and dropped identifier by reason; logged without PII."""
+    metrics = {
+        "events_accepted": result.accepted,
+        "events_ignored": result.ignored,
+        "events_rejected": len(result.rejections),
+        "exits_rejected": sum(n for (_, _, operation), n in result.rejected.items() if operation == REMOVE),
+        "identifiers_dropped": sum(result.dropped.values()),
+        "timestamps_clamped": result.clamped_timestamps,
+        "consent_changes": result.consent_changes,
+        "records_queued": len(result.changes),
+        "messages_queued": messages,
+    }
+    for kind, counter in (("rejected", result.rejected), ("dropped", result.dropped)):
+        for (reason, _, _), count in counter.items():
+            metrics[f"{kind}_{reason}"] = metrics.get(f"{kind}_{reason}", 0) + count
+        if counter:
+            rows = [
+                {"reason": r, "audience": a, "operation": o, "count": n} for (r, a, o), n in sorted(counter.items())
+            ]
+            logger.warning(f"events {kind}" if kind == "rejected" else "identifiers dropped", extra={kind: rows})
+    return metrics

@@ -1,7 +1,10 @@
-"""The compact audience-change record that travels through SQS, and its packing into messages.
+"""The compact change record that travels through SQS, and its packing into messages.
 
-A message body is `{"v": 1, "r": [[audience, name, op, idType, value, tsMs, messageId], ...]}`:
-many records per message, because SQS bills (and moto slows) per message, not per record.
+A message body is `{"v": 2, "r": [[audience, name, op, user, tsMs, messageId, {idType: [ids]}], ...]}`:
+one record per Segment event, many records per message, because SQS bills (and moto slows) per message.
+`user` is a hash of Segment's userId (else anonymousId), so no user id travels or is stored in clear.
+Operations: `add`/`remove` (an audience's enter/exit) and `grant`/`deny` (consent, for every audience of
+the user; audience and name are empty).
 """
 
 from __future__ import annotations
@@ -12,27 +15,35 @@ from typing import NamedTuple
 
 ADD = "add"
 REMOVE = "remove"
-FORMAT_VERSION = 1
+GRANT = "grant"
+DENY = "deny"
+MEMBERSHIP_OPERATIONS = frozenset({ADD, REMOVE})
+CONSENT_OPERATIONS = frozenset({GRANT, DENY})
+FORMAT_VERSION = 2
+# Versions are fixed-width so that string order is time order for any date (before 1970 too).
+VERSION_OFFSET_MS = 10**14  # year 1 is -6.2e13 ms, year 9999 is 2.5e14 ms: always 15 digits, positive
 # One SQS billing unit is 64 KiB; keeping messages at that size also keeps retries fine-grained.
 MAX_MESSAGE_BYTES = 64 * 1024
-_ENVELOPE = '{"v":1,"r":[', "]}"
+_ENVELOPE = '{"v":2,"r":[', "]}"
+
+Identifiers = dict[str, list[str]]  # identifier type -> normalized identifiers (an empty list withdraws the type)
 
 
 class AudienceChange(NamedTuple):
-    """One user entering or leaving one audience, for one identifier."""
+    """One Segment event's effect: a user entering or leaving an audience, or granting/denying consent."""
 
     audience_key: str
     audience_name: str
     operation: str
-    identifier_type: str
-    identifier: str
+    user: str
     timestamp_ms: int
     message_id: str
+    identifiers: Identifiers
 
     @property
     def version(self) -> str:
-        """Total order of changes to the same key: event time, then messageId to break ties."""
-        return f"{self.timestamp_ms:015d}|{self.message_id}"
+        """Total order of changes to the same user: event time, then messageId to break ties."""
+        return f"{self.timestamp_ms + VERSION_OFFSET_MS:015d}|{self.message_id}"
 
 
 class PoisonMessage(ValueError):
@@ -62,6 +73,32 @@ def pack_changes(changes: Iterable[AudienceChange], max_bytes: int = MAX_MESSAGE
         yield head + ",".join(parts) + tail
 
 
+def _valid_identifiers(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    for id_type, ids in value.items():
+        if type(id_type) is not str or type(ids) is not list:
+            return False
+        for identifier in ids:
+            if type(identifier) is not str or not identifier:
+                return False
+    return True
+
+
+def _valid_row(row: object) -> bool:
+    # One flat check per row (no generator, no all()): this runs for every record of every batch.
+    if type(row) is not list or len(row) != 7:
+        return False
+    audience, name, operation, user, timestamp, message_id, identifiers = row
+    if type(audience) is not str or type(name) is not str or type(user) is not str or not user:
+        return False
+    if type(timestamp) is not int or type(message_id) is not str or not message_id:
+        return False
+    if operation in MEMBERSHIP_OPERATIONS:
+        return bool(audience) and _valid_identifiers(identifiers)
+    return operation in CONSENT_OPERATIONS and not audience and identifiers == {}
+
+
 def unpack_changes(body: str) -> list[AudienceChange]:
     """Decode a message body; anything malformed raises PoisonMessage with the reason."""
     try:
@@ -73,20 +110,7 @@ def unpack_changes(body: str) -> list[AudienceChange]:
     changes: list[AudienceChange] = []
     make = AudienceChange._make
     for row in document["r"]:
-        # One flat check per row (no generator, no all()): this loop runs for every record of every batch.
-        if (
-            type(row) is not list
-            or len(row) != 7
-            or type(row[0]) is not str
-            or type(row[1]) is not str
-            or type(row[3]) is not str
-            or type(row[4]) is not str
-            or (row[2] != ADD and row[2] != REMOVE)
-            or type(row[5]) is not int
-            or type(row[6]) is not str
-            or not row[0]
-            or not row[4]
-        ):
+        if not _valid_row(row):
             raise PoisonMessage(f"record {len(changes)} is malformed")
         changes.append(make(row))
     return changes

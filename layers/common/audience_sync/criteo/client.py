@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -39,7 +39,7 @@ class CallStats:
     token_refreshes: int = 0
 
     def count(self, kind: str) -> None:
-        """Count one HTTP call of a kind (token, search, create, patch)."""
+        """Count one HTTP call of a kind (token, search, create, update, patch)."""
         self.calls[kind] = self.calls.get(kind, 0) + 1
 
     @property
@@ -54,6 +54,28 @@ def _first_error(response: requests.Response) -> tuple[str, str]:
         return str(errors[0].get("code") or ""), str(errors[0].get("detail") or errors[0].get("title") or "")[:200]
     except (ValueError, AttributeError, IndexError):
         return "", ""
+
+
+def _refusal(status: int, code: str, text: str) -> RejectedRequest:
+    return (NameNotUnique if code == "name-must-be-unique" else RejectedRequest)(status, code or "unknown", text)
+
+
+def _only_id(document: dict[str, Any]) -> str:
+    """The id of the one item a bulk call answered, else the refusal its `errors` name (a 200 "partial success")."""
+    data = document.get("data") or [{}]
+    if data[0].get("id"):
+        return str(data[0]["id"])
+    error = (document.get("errors") or [{}])[0]
+    # The title, not the detail: a detail may quote what we sent.
+    raise _refusal(200, str(error.get("code") or ""), str(error.get("title") or "no item and no error")[:200])
+
+
+class FoundSegment(NamedTuple):
+    """A contact-list segment as search lists it."""
+
+    id: str
+    name: str
+    description: str
 
 
 class CriteoClient:
@@ -80,8 +102,8 @@ class CriteoClient:
 
     # --- the operations -------------------------------------------------------------------------
 
-    def search_contact_lists(self) -> Iterator[tuple[str, str]]:
-        """Yield (id, name) of every contact-list segment of the advertiser, page by page."""
+    def search_contact_lists(self) -> Iterator[FoundSegment]:
+        """Yield every contact-list segment of the advertiser, page by page."""
         body = {
             "data": {
                 "type": "AudienceSegment",
@@ -102,7 +124,9 @@ class CriteoClient:
             )
             items = page.get("data") or []
             for item in items:
-                yield str(item["id"]), str((item.get("attributes") or {}).get("name") or "")
+                attributes = item.get("attributes") or {}
+                name, description = str(attributes.get("name") or ""), str(attributes.get("description") or "")
+                yield FoundSegment(str(item["id"]), name, description)
             offset += len(items)
             total = (page.get("meta") or {}).get("totalItems")
             if not items or (isinstance(total, int) and offset >= total):
@@ -122,13 +146,31 @@ class CriteoClient:
             "/audience-segments/create",
             json={"data": [{"type": "AudienceSegment", "attributes": attributes}]},
         )
-        return str(document["data"][0]["id"])
+        return _only_id(document)
+
+    def set_description(self, segment_id: str, description: str) -> None:
+        """Replace a segment's description."""
+        item = {"id": segment_id, "type": "AudienceSegment", "attributes": {"description": {"value": description}}}
+        _only_id(self._call("update", "PATCH", "/audience-segments", json={"data": [item]}))
 
     def patch_contact_list(
-        self, segment_id: str, operation: str, identifier_type: str, identifiers: list[str]
+        self,
+        segment_id: str,
+        operation: str,
+        identifier_type: str,
+        identifiers: list[str],
+        gum_caller_id: int | None = None,
     ) -> dict[str, Any]:
-        """Add or remove identifiers (≤50,000, one type); returns Criteo's counts."""
-        attributes = {"operation": operation, "identifierType": identifier_type, "identifiers": identifiers}
+        """Add or remove identifiers (≤50,000, one type; gum needs `gum_caller_id`); returns Criteo's counts."""
+        attributes: dict[str, Any] = {
+            "operation": operation,
+            "identifierType": identifier_type,
+            "identifiers": identifiers,
+        }
+        if identifier_type == "gum":
+            if gum_caller_id is None:
+                raise ValueError("gum identifiers need gum_caller_id (Criteo's gumCallerId)")
+            attributes["gumCallerId"] = gum_caller_id
         document = self._call(
             "patch",
             "PATCH",
@@ -204,11 +246,9 @@ class CriteoClient:
         code, detail = _first_error(response)
         if response.status_code == 404 or (response.status_code == 403 and code == "audience-invalid"):
             raise SegmentGone(f"segment not found or not ours ({response.status_code} {code})")
-        if code == "name-must-be-unique":
-            raise NameNotUnique(response.status_code, code, detail)
         if response.status_code == 410:
             raise CriteoError(f"Criteo API version is decommissioned (410): {detail}")
-        raise RejectedRequest(response.status_code, code or "unknown", detail)
+        raise _refusal(response.status_code, code, detail)
 
     def _wait_for_reset(self, response: requests.Response) -> None:
         try:

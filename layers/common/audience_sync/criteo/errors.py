@@ -30,3 +30,18 @@ class RejectedRequest(CriteoError):
 
 class NameNotUnique(RejectedRequest):
     """Create raced with another creator of the same name: search again."""
+
+
+class SegmentOwnedElsewhere(CriteoError):
+    """The segment of that name belongs to another deployment or to someone else: configuration, not retryable."""
+
+    def __init__(self, name: str, owner: str | None) -> None:
+        who = (
+            f"deployment {owner}" if owner else "not created by this deployment (e.g. Segment's own Criteo destination)"
+        )
+        super().__init__(
+            f"Criteo segment {name!r} is not ours: {who}. To take it over, add its name to ADOPT_SEGMENTS "
+            "(comma-separated segment names, or * for any)"
+        )
+        self.name = name
+        self.owner = owner

@@ -1,35 +1,69 @@
-"""Audience name → Criteo segment id, resolved by search, created when missing, cached per container."""
+"""Audience name → Criteo segment id: found by search or created, owned by one deployment, cached per container.
+
+Several deployments (e.g. prod and staging stacks) may share one Criteo app. Each writes only into segments whose
+description carries its marker `[segment-criteo-sync deployment=<id>]`, set when it creates or adopts them.
+"""
 
 from __future__ import annotations
 
-from audience_sync.criteo.client import CriteoClient
-from audience_sync.criteo.errors import NameNotUnique
+import re
+
+from audience_sync.criteo.client import CriteoClient, FoundSegment
+from audience_sync.criteo.errors import NameNotUnique, SegmentOwnedElsewhere
+from audience_sync.observability import logger
+
+ANY = "*"
+_MARKER = re.compile(r"\s*\[segment-criteo-sync deployment=([^\s\[\]]+)\]")
+_DEPLOYMENT = re.compile(r"[^\s\[\]]+")
 
 # Module level on purpose: a warm container searches once per advertiser, not once per batch.
 SEGMENT_IDS: dict[tuple[str, str], str] = {}
 
 
-class SegmentDirectory:
-    """Finds (or creates) the contact-list segment for an audience name."""
+def owner(description: str) -> str | None:
+    """The deployment whose marker a segment description carries (the last one), if any."""
+    found = _MARKER.findall(description)
+    return str(found[-1]) if found else None
 
-    def __init__(self, client: CriteoClient, cache: dict[tuple[str, str], str] = SEGMENT_IDS) -> None:
+
+class SegmentDirectory:
+    """Finds, creates or adopts the contact-list segment of an audience name; caches ids of segments we own.
+
+    A segment found by name without our marker is adopted (our marker replaces the previous owner's) when `adopt`
+    holds its name or "*"; otherwise `resolve` raises SegmentOwnedElsewhere.
+    """
+
+    def __init__(
+        self,
+        client: CriteoClient,
+        deployment: str,
+        adopt: frozenset[str],
+        cache: dict[tuple[str, str], str] = SEGMENT_IDS,
+    ) -> None:
+        if not _DEPLOYMENT.fullmatch(deployment):
+            raise ValueError(f"deployment id must be non-empty, without spaces or brackets: {deployment!r}")
         self.client = client
+        self.deployment = deployment
+        self.adopt = adopt
         self.cache = cache
         self.advertiser_id = client.credentials.advertiser_id
+        self._others: dict[str, FoundSegment] = {}  # found by the last search, not ours
         self._searched = False
 
     def resolve(self, name: str, description: str) -> str:
-        """The segment id for `name`: cache, then one search pass per invocation, then create."""
+        """The segment id for `name`: cache, then one search pass per invocation, then create (or adopt)."""
         key = (self.advertiser_id, name)
         if key not in self.cache and not self._searched:
             self._search()
-        if key not in self.cache:
+        if key not in self.cache and name not in self._others:
             try:
-                self.cache[key] = self.client.create_contact_list(name, description)
+                self.cache[key] = self.client.create_contact_list(name, self._marked(description))
             except NameNotUnique:
                 self._search()
-                if key not in self.cache:
+                if key not in self.cache and name not in self._others:
                     raise
+        if key not in self.cache:
+            self._adopt(self._others.pop(name))
         return self.cache[key]
 
     def forget(self, name: str) -> None:
@@ -38,6 +72,24 @@ class SegmentDirectory:
         self._searched = False
 
     def _search(self) -> None:
-        for segment_id, name in self.client.search_contact_lists():
-            self.cache[(self.advertiser_id, name)] = segment_id
+        self._others = {}
+        for found in self.client.search_contact_lists():
+            key = (self.advertiser_id, found.name)
+            if owner(found.description) == self.deployment:
+                self.cache[key] = found.id
+            else:
+                self.cache.pop(key, None)  # adopted by another deployment since we cached it
+                self._others[found.name] = found
         self._searched = True
+
+    def _adopt(self, found: FoundSegment) -> None:
+        previous = owner(found.description)
+        if not {found.name, ANY} & self.adopt:
+            raise SegmentOwnedElsewhere(found.name, previous)
+        self.client.set_description(found.id, self._marked(found.description))
+        self.cache[(self.advertiser_id, found.name)] = found.id
+        logger.warning("adopted a Criteo segment", extra={"segment": found.name, "previous_owner": previous})
+
+    def _marked(self, description: str) -> str:
+        """`description` with our marker instead of any other."""
+        return f"{_MARKER.sub('', description)} [segment-criteo-sync deployment={self.deployment}]".strip()
