@@ -29,7 +29,7 @@ VCPU_SHARE = 512 / 1769  # Lambda gives a full vCPU at 1,769 MB
 SQS_CALL_SECONDS = 0.02  # a SendMessageBatch round trip inside AWS
 CRITEO_PATCH_SECONDS = 0.1  # a PATCH round trip to Criteo, plus...
 CRITEO_SECONDS_PER_50K = 1.0  # ...uploading and processing 50,000 identifiers (assumptions)
-DYNAMODB_CALL_SECONDS = 0.01  # one BatchGet/BatchWrite, 16 in parallel
+DYNAMODB_CALL_SECONDS = 0.01  # one BatchGet/BatchWrite/Query, 16 in parallel
 SECRET_READS_PER_MILLION = 2 * 2 * 12 * 24  # 2 functions x 2 containers x one read per 5 min, for a day
 
 
@@ -41,11 +41,11 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
     """Dollars per million changes, by service, with the quantities behind them."""
     requests = CHANGES / EVENTS_PER_REQUEST
     units_per_request = math.ceil(EVENTS_PER_REQUEST * REQUEST_BYTES_PER_EVENT / HTTP_API_UNIT_BYTES)
-    messages = CHANGES / 350  # ~350 packed records per 64 KiB message (records.py)
     ingest_seconds = requests * (EVENTS_PER_REQUEST / ingest_events_per_second / VCPU_SHARE + 2 * SQS_CALL_SECONDS)
     scale = CHANGES / stream["changes"]
+    messages = stream["sqs_messages"] * scale  # packed 64 KiB messages (records.py), as the stream made them
     dynamo = stream["dynamodb_calls"]
-    batch_calls = (dynamo.get("BatchGetItem", 0) + dynamo.get("BatchWriteItem", 0)) * scale
+    batch_calls = (dynamo.get("BatchGetItem", 0) + dynamo.get("BatchWriteItem", 0) + dynamo.get("Query", 0)) * scale
     sync_invocations = stream["sync_batches"] * scale
     sync_seconds = (
         CHANGES / sync_records_per_second / VCPU_SHARE
@@ -53,15 +53,17 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
         + stream["minimum"]["identifiers"] * scale / MAX_IDENTIFIERS * CRITEO_SECONDS_PER_50K
         + batch_calls / 16 * DYNAMODB_CALL_SECONDS
     )
-    applied = stream["minimum"]["identifiers"] * scale
+    # The ledger: per (audience, user) a delivered batch touches, one consistent read and (at most) one write
+    # of an item under 1 KB; plus the lease, two conditional writes per audience per invocation.
+    pairs = stream["minimum"]["user_pairs"] * scale
     locks = (dynamo.get("PutItem", 0) + dynamo.get("DeleteItem", 0)) * scale
     quantities = {
         "http_api_billed_requests": requests * units_per_request,
         "lambda_requests": requests + sync_invocations,
         "lambda_gb_seconds": (ingest_seconds + sync_seconds) * LAMBDA_MEMORY_GB,
         "sqs_requests": messages * 2 + messages / 10,  # send + receive (per 64 KiB) + batched deletes
-        "dynamodb_wru": applied + locks,
-        "dynamodb_rru": applied,
+        "dynamodb_wru": pairs + locks,
+        "dynamodb_rru": pairs,
         "secrets_manager_calls": SECRET_READS_PER_MILLION,
     }
     dollars = {
@@ -82,6 +84,10 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
         "total_dollars_per_million_changes": _money(sum(dollars.values())),
         "target_dollars": 1.0,
         "based_on_stream": stream["stream"],
+        # What the sync's DynamoDB requests on that stream bill, scaled: a check on the ledger terms above.
+        "dynamodb_metered_per_million_changes": {
+            unit: round(value * scale, 1) for unit, value in stream["dynamodb_capacity"].items()
+        },
     }
 
 

@@ -27,6 +27,7 @@ def segment_request(events: int, seed: int = 0) -> dict[str, Any]:
             "type": "track",
             "event": "Audience Entered" if i % 4 else "Audience Exited",
             "messageId": f"ingest-{seed}-{i}",
+            "userId": f"bench-user-{i}",
             "timestamp": "2026-11-21T10:00:00.000Z",
             "properties": {"audience_key": f"bench_audience_{i % 20:03d}", "audience_name": "Bench"},
             "context": {"traits": {"email": f"  User{i}@Example.com "}, "library": {"name": "analytics-node"}},

@@ -30,6 +30,7 @@ def _event(index: int, window: float) -> bytes:
             "type": "track",
             "event": "Audience Entered",
             "messageId": f"latency-{window}-{index}",
+            "userId": f"latency-user-{window}-{index}",
             "timestamp": "2026-11-21T10:00:00Z",
             "properties": {"audience_key": "latency"},
             "context": {"traits": {"email": f"latency{window}-{index}@example.com"}},

@@ -21,7 +21,7 @@ class Servers:
     criteo: CriteoEmulator
 
     def fresh_aws(self) -> LocalAws:
-        """New queues, secrets and ordering table (unique names), like a new deployment."""
+        """New queues, secrets and membership ledger table (unique names), like a new deployment."""
         return provision(self.moto.endpoint, prefix=f"bench{next(_prefixes)}")
 
 

@@ -1,7 +1,7 @@
 """Realistic audience-change streams, how they reach the sync function, and the fewest Criteo calls they need.
 
-Nothing here uses the planner (audience_sync.plan): the minimum is computed from the stream itself, so
-the ratio "calls made / minimum" can fail.
+Nothing here uses the planner, the membership fold or the ledger (audience_sync.plan, .membership, .ledger):
+the minimum is computed from the stream itself by devtools.minimum, so the ratio "calls made / minimum" can fail.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from audience_sync.records import ADD, REMOVE, AudienceChange, pack_changes
-from devtools.minimum import minimum_patches, newest_per_user, patches_for
+from audience_sync.records import ADD, REMOVE, AudienceChange, Identifiers, pack_changes
+from devtools.minimum import Replay, minimum_patches, patches_for
 
 EVENTS_PER_SEGMENT_REQUEST = 1_000  # Segment's batches (peers.md: up to ~1,000 events)
 LAMBDA_PAYLOAD_BYTES = 6_000_000  # Lambda's invocation payload cap; the SQS event source fills up to it
@@ -23,7 +22,9 @@ MAX_MESSAGES_PER_INVOCATION = 1_000  # SyncBatchSize default
 TOKEN_LIFETIME_SECONDS = 900.0
 DUPLICATE_SHARE = 0.05  # redeliveries of an earlier event (same messageId)
 REMOVE_SHARE = 0.3
-MADID_SHARE = 0.15
+MADID_SHARE = 0.15  # users with a mobile advertising id besides their email: their events carry both
+BARE_EXIT_SHARE = 0.1  # exits that carry no identifier (only the userId): the ledger removes what it holds
+EMAIL_CHANGE_SHARE = 0.05  # users whose email changes halfway through the stream (the old one must go)
 
 
 @dataclass(frozen=True)
@@ -42,26 +43,48 @@ class StreamSpec:
         return f"{size}/{self.audiences}"
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _user_key(user: int) -> str:
+    """As ingest keys a Segment userId (segment.user_key): a 32-hex hash."""
+    return _sha256(f"u:user{user}")[:32]
+
+
+def _identifiers(user: int, email_generation: int, madid: bool) -> Identifiers:
+    """What one of the user's events carries, normalized as ingest sends it (emails hashed)."""
+    local = f"user{user}" if email_generation == 0 else f"user{user}.v{email_generation}"
+    identifiers: Identifiers = {"email": [_sha256(f"{local}@example.com")]}
+    if madid:
+        identifiers["madid"] = [f"{user:08x}-0000-4000-8000-{user:012x}"]
+    return identifiers
+
+
 def generate(spec: StreamSpec) -> list[AudienceChange]:
-    """Changes in arrival order: mixed add/remove, email and madid, repeat users, late and duplicate deliveries."""
+    """Changes in arrival order, one per Segment event: mixed enters and exits (some carrying no identifier),
+    users with an email and some with a madid too, repeat users, emails that change, late and duplicate
+    deliveries."""
     rng = random.Random(spec.seed)
     users = max(10, spec.changes // 3)
     start_ms = 1_790_000_000_000
+    keys: dict[int, str] = {}
     changes: list[AudienceChange] = []
     for index in range(spec.changes):
         if changes and rng.random() < DUPLICATE_SHARE:
             changes.append(changes[max(0, len(changes) - rng.randrange(1, 2_000))])
             continue
         user = rng.randrange(users)
-        if rng.random() < MADID_SHARE:
-            id_type, identifier = "madid", f"{user:08x}-0000-4000-8000-{user:012x}"
-        else:
-            id_type, identifier = "email", hashlib.sha256(f"user{user}@example.com".encode()).hexdigest()
+        key = keys.get(user) or keys.setdefault(user, _user_key(user))
         audience = f"bench_audience_{rng.randrange(spec.audiences):03d}"
         operation = REMOVE if rng.random() < REMOVE_SHARE else ADD
+        changes_email = user % round(1 / EMAIL_CHANGE_SHARE) == 1 and index >= spec.changes // 2
+        identifiers = _identifiers(user, int(changes_email), user % round(1 / MADID_SHARE) == 0)
+        if operation == REMOVE and rng.random() < BARE_EXIT_SHARE:
+            identifiers = {}
         # Events arrive roughly in time order, up to 5 minutes late.
         timestamp = start_ms + index * 10 - rng.randrange(300_000)
-        changes.append(AudienceChange(audience, "", operation, id_type, identifier, timestamp, f"evt-{index}"))
+        changes.append(AudienceChange(audience, "", operation, key, timestamp, f"evt-{index}", identifiers))
     return changes
 
 
@@ -94,12 +117,14 @@ def sync_batches(changes: list[AudienceChange]) -> list[list[tuple[str, str]]]:
 
 @dataclass(frozen=True)
 class Minimum:
-    """The fewest Criteo calls: PATCHes for the batches as delivered, for the whole stream at once, look-ups."""
+    """The fewest Criteo calls (PATCHes for the batches as delivered, for the whole stream at once, look-ups),
+    the identifiers those PATCHes carry, and the (audience, user) pairs each batch touches."""
 
     patches_per_batch: int
     patches_whole_stream: int
     new_audiences: int
     identifiers: int
+    user_pairs: int
 
     def total(self, tokens: int) -> int:
         """Calls including `tokens` tokens (one per 15 minutes of running) and one look-up per new audience."""
@@ -107,23 +132,20 @@ class Minimum:
 
 
 def minimum_calls(changes: list[AudienceChange], batches: list[list[AudienceChange]]) -> Minimum:
-    """Per batch: newest change per (audience, type, identifier), minus what an earlier batch already applied
-    at the same or a newer version; then groups x ceil(n / 50,000). Also the same for the stream in one batch."""
-    applied: dict[tuple[str, str, str], tuple[int, str]] = {}
-    per_batch = 0
-    identifiers = 0
+    """Per delivered batch, in order: what each (audience, user) it touches must hold in Criteo against what
+    the earlier batches left there (devtools.minimum.Replay), then groups x ceil(n / 50,000). Also the same
+    for the whole stream in one batch. `user_pairs` sums the distinct (audience, user) pairs per batch: the
+    ledger items a sync must read (and at most write)."""
+    replay = Replay()
+    per_batch = identifiers = pairs = 0
+    audiences: set[str] = set()
     for batch in batches:
-        groups: Counter[tuple[str, str, str]] = Counter()
-        for key, change in newest_per_user(batch).items():
-            version = (change.timestamp_ms, change.message_id)
-            if key in applied and applied[key] >= version:
-                continue
-            applied[key] = version
-            groups[(change.audience_key, change.operation, change.identifier_type)] += 1
+        groups = replay.batch(batch)
         per_batch += patches_for(groups.values())
         identifiers += sum(groups.values())
-    audiences = len({c.audience_key for c in changes})
-    return Minimum(per_batch, minimum_patches(changes), audiences, identifiers)
+        audiences.update(audience for audience, _, _ in groups)
+        pairs += len({(c.audience_key, c.user) for c in batch})
+    return Minimum(per_batch, minimum_patches(changes), len(audiences), identifiers, pairs)
 
 
 def tokens_needed(elapsed_seconds: float) -> int:

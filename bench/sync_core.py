@@ -1,7 +1,9 @@
 """Benchmark 2: records/s on one core of the pure sync path, against json.loads + SHA-256 (the floor).
 
-Pure path, as AudienceSync runs it minus the I/O: decode SQS bodies -> dedupe and keep the newest change
-per user -> the ordering-store key of each user -> group and chunk -> the PATCH request bodies.
+Pure path, as AudienceSync runs it minus the I/O, against an empty ledger: decode SQS bodies -> group per
+audience and user -> fold each user's changes into their Membership in version order -> the difference with
+what Criteo held -> group and chunk (plan_contact_list_patches) -> the PATCH request bodies and the ledger
+items' encoded identifiers.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import hashlib
 import json
 from typing import Any
 
-from audience_sync.ordering import state_key
-from audience_sync.plan import Sourced, newest_per_identity, plan_contact_list_patches
-from audience_sync.records import pack_changes, unpack_changes
+from audience_sync.membership import ByType, Membership, difference
+from audience_sync.plan import plan_contact_list_patches
+from audience_sync.records import REMOVE, pack_changes, unpack_changes
+from audience_sync.sync import Sourced
 from bench.streams import StreamSpec, generate, segment_requests
 from bench.timing import best_thread_seconds
 
@@ -20,29 +23,53 @@ TARGET_RECORDS_PER_SECOND = 200_000
 
 
 def pure_sync(messages: list[tuple[str, str]]) -> int:
-    """The sync core without I/O; returns the bytes of PATCH bodies it would send."""
-    items: list[Sourced] = []
+    """The sync core without I/O; returns the bytes of PATCH bodies and ledger items it would send."""
+    by_audience: dict[str, dict[str, list[Sourced]]] = {}
     for message_id, body in messages:
-        items.extend(Sourced(change, message_id) for change in unpack_changes(body))
-    newest = newest_per_identity(items)
-    keys = {state_key(item.change) for item in newest.values()}
+        for change in unpack_changes(body):
+            by_audience.setdefault(change.audience_key, {}).setdefault(change.user, []).append(
+                Sourced(change, message_id)
+            )
     sent = 0
-    for plan in plan_contact_list_patches(newest.values()):
-        attributes = {
-            "operation": plan.operation,
-            "identifierType": plan.identifier_type,
-            "identifiers": plan.identifiers,
-        }
-        sent += len(json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}}))
-    return sent + len(keys)
+    for audience_key, users in sorted(by_audience.items()):
+        differences: dict[str, tuple[ByType, ByType]] = {}
+        for user, items in users.items():
+            state = Membership()  # the ledger knows nobody yet
+            for item in sorted(items, key=lambda i: i.change.version):
+                state.apply(item.change)
+            state.live = state.is_in
+            # A user the ledger never saw who ends out: their exits remove what they carry.
+            before = {} if state.is_in else _carried_by_exits(items)
+            added, removed = difference(before, state.sent())
+            if added or removed:
+                differences[user] = (added, removed)
+            sent += len(state.encode())
+        for plan in plan_contact_list_patches(audience_key, differences):
+            attributes = {
+                "operation": plan.operation,
+                "identifierType": plan.identifier_type,
+                "identifiers": plan.identifiers,
+            }
+            sent += len(json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}}))
+    return sent
+
+
+def _carried_by_exits(items: list[Sourced]) -> ByType:
+    carried: ByType = {}
+    for item in items:
+        if item.change.operation == REMOVE:
+            for id_type, identifiers in item.change.identifiers.items():
+                carried.setdefault(id_type, set()).update(identifiers)
+    return carried
 
 
 def floor(messages: list[tuple[str, str]]) -> int:
-    """The near-physical floor: json.loads of every body, one SHA-256 per record, one dict insert."""
+    """The near-physical floor: json.loads of every body, one SHA-256 per record (of its audience and user),
+    one dict insert."""
     seen: dict[str, list[Any]] = {}
     for _, body in messages:
         for row in json.loads(body)["r"]:
-            seen[hashlib.sha256(f"{row[0]}\x1f{row[3]}\x1f{row[4]}".encode()).hexdigest()] = row
+            seen[hashlib.sha256(f"{row[0]}\x1f{row[3]}".encode()).hexdigest()] = row
     return len(seen)
 
 

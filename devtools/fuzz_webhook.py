@@ -29,9 +29,10 @@ from devtools.log_scan import leaks
 from devtools.webhook_contract import response_problems
 
 sys.path.insert(0, str(LAYER))
+from audience_sync.config import IngestSettings
 from audience_sync.webhook_auth import signature_of
 
-MAX_BODY_BYTES = 5 * 1024 * 1024
+MAX_BODY_BYTES = IngestSettings.max_body_bytes  # the code's one default
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
 json_values = st.recursive(

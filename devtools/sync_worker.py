@@ -46,7 +46,15 @@ class WorkerConfig:
 
 
 def batch_minimum(bodies: list[str]) -> tuple[int, int]:
-    """(records, fewest PATCHes for them) of one delivered batch (devtools.minimum, not our planner)."""
+    """(records, fewest PATCHes for them) of one delivered batch (devtools.minimum, not our planner or ledger).
+
+    Not exact: what the ledger held before the batch is not knowable here (earlier batches, other workers,
+    redeliveries), so the batch is counted as reaching a ledger that knows none of its users. Adds: what each
+    (audience, user) must hold after the batch, as if Criteo held nothing for them (a redelivery of adds
+    Criteo already has is counted again). Removes: the identifiers carried by the exits of the users the batch
+    ends out (an exit that carries none removes, here, nothing). Consent is not modelled: adds of users without
+    a grant are counted though never sent.
+    """
     changes: list[AudienceChange] = []
     for body in bodies:
         with contextlib.suppress(PoisonMessage):  # undecodable: no PATCH can carry it

@@ -36,5 +36,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert stream["calls"]["patch"] >= stream["minimum"]["patches_per_batch"] > 0
         assert stream["peer"]["total"] >= stream["calls"]["total"]
         assert stream["spec_violations"] == 0
+        # The ledger reads every (audience, user) pair a batch touches, and writes them and the leases.
+        assert stream["dynamodb_capacity"]["rru"] >= stream["minimum"]["user_pairs"] > 0
+        assert stream["dynamodb_capacity"]["wru"] > 0
     assert all(row["delivered"] == row["events"] for row in results["latency"])
     assert results["cost"]["total_dollars_per_million_changes"] > 0

@@ -244,6 +244,9 @@ def test_without_advertising_consent_a_user_is_not_added(consent_stack: Stack) -
         ],
     )
     assert stack.members("cart") == {sha("yes@example.com")}
+    # Their first grant, later and without an audience event, adds them with the identifiers held.
+    sync(stack, preference_update("m4", "u3", "2026-11-21T10:00:00Z", True))
+    assert stack.members("cart") == {sha("yes@example.com"), sha("unknown@example.com")}
 
 
 def test_withdrawing_consent_removes_the_user_everywhere_and_granting_adds_them(consent_stack: Stack) -> None:
@@ -320,3 +323,20 @@ def test_a_segment_created_by_segments_own_destination_is_refused_with_a_clear_r
     assert stack.members("cart") == set()
     reasons = [getattr(r, "reason", "") for r in caplog.records if "owned by another deployment" in r.getMessage()]
     assert reasons and "ADOPT_SEGMENTS" in reasons[0]
+
+
+def test_a_withdrawal_whose_removal_failed_is_finished_by_the_next_consent_change(consent_stack: Stack) -> None:
+    stack = consent_stack
+    sync(stack, consented(enter("m1", "u1", email="a@example.com"), True))
+    stack.invoke_ingest(signed(preference_update("m2", "u1", "2026-11-21T10:00:00Z", False)))
+    sqs = stack.aws.client("sqs")
+    [message] = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
+    stack.criteo.faults.down = True  # the removal PATCH fails; the withdrawal is stored, marked pending
+    result = stack.sync.handler({"Records": [{"messageId": "x", "body": message["Body"]}]}, FakeContext(8))
+    assert result["batchItemFailures"] == [{"itemIdentifier": "x"}]
+    sqs.delete_message(QueueUrl=stack.aws.queue_url, ReceiptHandle=message["ReceiptHandle"])  # e.g. parked
+    stack.criteo.faults.down = False
+    assert stack.members("cart") == {sha("a@example.com")}
+    # A later consent event with the same answer changes nothing by itself, but the pending one is finished.
+    sync(stack, preference_update("m3", "u1", "2026-11-21T11:00:00Z", False))
+    assert stack.members("cart") == set()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 
 import pytest
 
+from audience_sync.config import IngestSettings
 from audience_sync.records import unpack_changes
+from devtools.sample_events import http_event
 from tests.conftest import Stack, make_stack
 from tests.segment_events import answer, audience_event, signed, user_hash
 
@@ -209,3 +212,18 @@ def test_no_pii_or_secret_in_logs(
     assert "delivery handled" in output
     for secret in ("secret.person", "Secret.Person", webhook_secret, "wrong-secret-value"):
         assert secret not in output
+
+
+LAMBDA_PAYLOAD_LIMIT = 6_291_456  # bytes of a synchronous invocation's event (Lambda quotas)
+
+
+def test_every_body_we_would_answer_fits_lambdas_payload_limit_after_escaping() -> None:
+    """Our 413 must come from us, not from Lambda: the largest accepted body, at its worst escaping
+    (every character a quote or a backslash doubles in the event's JSON; base64 adds a third), still fits."""
+    limit = IngestSettings.from_env({"QUEUE_URL": "q", "WEBHOOK_SECRET_ARN": "s"}).max_body_bytes
+    quote_heavy = '["' + '\\"' * ((limit - 4) // 2) + '"]'
+    assert len(quote_heavy) <= limit
+    escaped = json.dumps(http_event(quote_heavy, "0" * 40)).encode()
+    assert len(escaped) < LAMBDA_PAYLOAD_LIMIT, f"{len(escaped):,} bytes"
+    as_base64 = dict(http_event("", "0" * 40), body=base64.b64encode(b"x" * limit).decode(), isBase64Encoded=True)
+    assert len(json.dumps(as_base64).encode()) < LAMBDA_PAYLOAD_LIMIT

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,18 @@ def test_sqs_failing_midway_through_a_request_loses_nothing(
         if audience == "aud0":
             expected.add(sha("jane.doe@example.com"))
         assert stack.members(audience) == expected
+
+
+def test_a_hung_dependency_ends_in_a_json_503_not_a_lambda_timeout(
+    moto_server: MotoServer, criteo: CriteoEmulator, outage_proxy: AwsOutageProxy
+) -> None:
+    stack = make_stack(moto_server, criteo, env={"AWS_ENDPOINT_URL": outage_proxy.url})
+    assert answer(stack.invoke_ingest(signed(audience_event("warm", "aud0", True))))[0] == 200  # secret cached
+    outage_proxy.hung = {"sqs"}  # SQS accepts the connection and never answers
+    started = time.monotonic()
+    status, body = answer(stack.invoke_ingest(signed(audience_event("m1", "aud0", True))))
+    waited = time.monotonic() - started
+    outage_proxy.release()
+    assert (status, body["error"]["code"]) == (503, "service_unavailable")
+    # botocore's default 60 s read timeout would outlast the function's 15 s: ours gives up well inside it.
+    assert waited < 15, f"the ingest function would have timed out ({waited:.1f} s)"

@@ -182,7 +182,7 @@ def test_invalid_client_is_a_configuration_error_not_a_crash(moto_server, criteo
     result = stack.sync.handler(event, FakeContext(timeout_seconds=10))
     assert result["batchItemFailures"] == [{"itemIdentifier": messages[0]["MessageId"]}]
     output = capsys.readouterr().out + caplog.text
-    assert '"config_errors":[1.0]' in output and "Criteo credentials rejected" in output
+    assert '"criteo_credentials_errors":[1.0]' in output and "Criteo credentials rejected" in output
     assert "s3cr3t-value" not in output
 
 

@@ -31,35 +31,77 @@ def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[st
 _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
+def load_template() -> dict[str, Any]:
+    """template.yaml as a dict, intrinsics in their long form."""
+    template: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
+    return template
+
+
 @pytest.fixture(scope="module")
 def resources() -> dict[str, Any]:
-    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
-    return dict(template["Resources"])
+    return dict(load_template()["Resources"])
 
 
 def _statements(resources: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every statement of every role's inline policies and every managed policy we define."""
     found = []
     for name, resource in resources.items():
-        for policy in resource.get("Properties", {}).get("Policies", []):
-            found.extend((name, statement) for statement in policy.get("Statement", []))
+        properties = resource.get("Properties", {})
+        documents = [policy["PolicyDocument"] for policy in properties.get("Policies", [])]
+        if resource["Type"] == "AWS::IAM::ManagedPolicy":
+            documents.append(properties["PolicyDocument"])
+        for document in documents:
+            found.extend((name, statement) for statement in document.get("Statement", []))
     return found
 
 
 def test_no_wildcard_actions_or_resources_in_function_policies(resources: dict[str, Any]) -> None:
     statements = _statements(resources)
-    assert statements, "the functions have inline policies"
+    assert statements, "the functions have roles with inline policies"
     for name, statement in statements:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert all("*" not in action for action in actions), f"{name}: wildcard action {actions}"
-        assert statement["Resource"] != "*" and "*" not in str(statement["Resource"]), f"{name}: wildcard resource"
+        if name == "TracingPolicy":  # only with EnableTracing: X-Ray has no resource-level permissions
+            assert set(actions) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+            continue
+        resource = str(statement["Resource"])
+        assert statement["Resource"] != "*", f"{name}: wildcard resource"
+        # The only pattern allowed: the streams of the function's own log group, created at run time.
+        assert "*" not in resource.replace(":log-stream:*", ""), f"{name}: wildcard resource {resource}"
 
 
 def test_each_function_reaches_only_its_own_queue_and_secret(resources: dict[str, Any]) -> None:
     granted = {(name, str(s["Resource"])) for name, s in _statements(resources)}
-    assert ("IngestFunction", str({"Ref": "WebhookSecret"})) in granted
-    assert ("AudienceSyncFunction", str({"Ref": "CriteoCredentialsSecret"})) in granted
-    assert ("IngestFunction", str({"Ref": "CriteoCredentialsSecret"})) not in granted
-    assert ("AudienceSyncFunction", str({"Ref": "WebhookSecret"})) not in granted
+    assert ("IngestRole", str({"Ref": "WebhookSecret"})) in granted
+    assert ("SyncRole", str({"Ref": "CriteoCredentialsSecret"})) in granted
+    assert ("IngestRole", str({"Ref": "CriteoCredentialsSecret"})) not in granted
+    assert ("SyncRole", str({"Ref": "WebhookSecret"})) not in granted
+
+
+def test_state_survives_stack_deletion_and_queues_refuse_plain_http(resources: dict[str, Any]) -> None:
+    for name in ("CriteoCredentialsSecret", "WebhookSecret", "MembershipLedger"):
+        assert resources[name]["DeletionPolicy"] == resources[name]["UpdateReplacePolicy"] == "Retain", name
+    tls_only = {
+        str(r["Properties"]["Queue"])
+        for r in resources.values()
+        if r["Type"] == "AWS::SQS::QueueInlinePolicy"
+        and r["Properties"]["PolicyDocument"]["Statement"][0]["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+    }
+    assert tls_only == {str({"Ref": "AudienceChangesQueue"}), str({"Ref": "AudienceChangesDLQ"})}
+    retention = {
+        n: resources[n]["Properties"]["MessageRetentionPeriod"] for n in ("AudienceChangesQueue", "AudienceChangesDLQ")
+    }
+    assert retention["AudienceChangesDLQ"] > retention["AudienceChangesQueue"]
+
+
+def test_nothing_needs_a_quota_increase_or_a_combination_lambda_rejects(resources: dict[str, Any]) -> None:
+    template = load_template()
+    for name, resource in resources.items():
+        assert "ReservedConcurrentExecutions" not in resource.get("Properties", {}), name
+    # An SQS batch above 10 messages needs a batching window of at least 1 s.
+    assert template["Parameters"]["SyncBatchingWindowSeconds"]["MinValue"] >= 1
+    # The event source mapping's MaximumConcurrency must be 2-1000.
+    assert template["Parameters"]["SyncMaxConcurrency"]["MinValue"] >= 2
 
 
 def test_queues_and_table_are_encrypted(resources: dict[str, Any]) -> None:

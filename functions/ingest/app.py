@@ -14,20 +14,21 @@ from audience_sync.config import IngestSettings
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.http import request_from_apigw_v2, to_apigw_v2
 from audience_sync.ingest import IngestService
-from audience_sync.observability import logger, metrics
+from audience_sync.observability import client_config, logger, metrics
 from audience_sync.queue import QueueWriter
 from audience_sync.segment import ParserSettings, SegmentEventParser
 from audience_sync.webhook_auth import WebhookAuthenticator
 
 settings = IngestSettings.from_env()
+# Inside the function's 15 s: 2 attempts of at most 2 s connect + 2 s read each, then a JSON 503.
+aws_config = client_config(read_timeout=2, attempts=2)
+secrets = parameters.SecretsProvider(boto_config=aws_config)
 
 
 def load_webhook_secret(force: bool) -> str | None:
     """The shared secret from Secrets Manager, cached for `SECRET_MAX_AGE_SECONDS`."""
     try:
-        value = parameters.get_secret(
-            settings.webhook_secret_arn, max_age=settings.secret_max_age_seconds, force_fetch=force
-        )
+        value = secrets.get(settings.webhook_secret_arn, max_age=settings.secret_max_age_seconds, force_fetch=force)
     except parameters.exceptions.GetParameterError as error:
         # Powertools wraps the boto3 error implicitly (it is the exception's __context__).
         cause = error.__context__
@@ -47,7 +48,7 @@ service = IngestService(
             max_clock_skew_ms=settings.max_clock_skew_seconds * 1000,
         )
     ),
-    queue=QueueWriter(boto3.client("sqs"), settings.queue_url),
+    queue=QueueWriter(boto3.client("sqs", config=aws_config), settings.queue_url),
     max_body_bytes=settings.max_body_bytes,
 )
 

@@ -1,21 +1,62 @@
-"""Settings read once from the Lambda environment (set by template.yaml or env.json)."""
+"""Settings read once from the Lambda environment (set by template.yaml or env.json), strictly.
+
+A value that can't be read stops the function at init with a message naming the variable: `HASH_EMAILS=enabled`
+must not quietly mean "false" and put clear emails in the queue. Each setting has one default, here; the
+template passes its parameters through (tests/test_settings.py checks that their defaults agree).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from audience_sync.identifiers import IDENTIFIER_TYPES
 
-
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
 
 
-def _names(name: str, default: str = "") -> frozenset[str]:
-    """A comma-separated list setting."""
-    return frozenset(part.strip() for part in os.environ.get(name, default).split(",") if part.strip())
+class SettingsError(ValueError):
+    """A setting is missing or has a value the function can't use; the message names it."""
+
+
+class Environment:
+    """Typed, strict reads of environment variables."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """A string; required when there is no default."""
+        value = self.environ.get(name)
+        if value is None or (default is None and not value.strip()):
+            if default is None:
+                raise SettingsError(f"{name} is required")
+            return default
+        return value.strip()
+
+    def flag(self, name: str, default: bool) -> bool:
+        """true/false (also 1/0, yes/no, on/off); anything else is an error."""
+        value = self.text(name, str(default)).lower()
+        if value in _TRUE | _FALSE:
+            return value in _TRUE
+        raise SettingsError(f"{name}={value!r} is not a boolean (use true or false)")
+
+    def number(self, name: str, default: int, minimum: int = 0) -> int:
+        """A whole number >= minimum."""
+        value = self.text(name, str(default))
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingsError(f"{name}={value!r} is not a whole number") from None
+        if number < minimum:
+            raise SettingsError(f"{name}={number} is below its minimum {minimum}")
+        return number
+
+    def names(self, name: str, default: str = "") -> frozenset[str]:
+        """A comma-separated list."""
+        return frozenset(part.strip() for part in self.text(name, default).split(",") if part.strip())
 
 
 @dataclass(frozen=True)
@@ -29,26 +70,42 @@ class IngestSettings:
     consent_categories: frozenset[str] = frozenset()  # required for advertising; empty: consent not enforced
     max_clock_skew_seconds: int = 300  # a timestamp later than its receipt by more is clamped to the receipt
     allow_bearer_token: bool = False
-    max_body_bytes: int = 5 * 1024 * 1024
+    # Our 413 must come before Lambda's 6 MB payload limit: in the API Gateway event the body is JSON-escaped
+    # (up to 2x for quote- or backslash-heavy JSON) or base64 (4/3), so 3 MB is the largest safe limit.
+    # Segment sends at most 4,000 events per request (~1.7 MB).
+    max_body_bytes: int = 3_000_000
     secret_max_age_seconds: int = 300
 
+    VARIABLES = (
+        "QUEUE_URL",
+        "WEBHOOK_SECRET_ARN",
+        "HASH_EMAILS",
+        "IDENTIFIER_TYPES",
+        "CONSENT_CATEGORIES",
+        "MAX_CLOCK_SKEW_SECONDS",
+        "ALLOW_BEARER_TOKEN",
+        "MAX_BODY_BYTES",
+        "SECRET_MAX_AGE_SECONDS",
+    )
+
     @classmethod
-    def from_env(cls) -> IngestSettings:
-        """Read the settings from environment variables."""
-        types = _names("IDENTIFIER_TYPES", "email,madid")
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> IngestSettings:
+        """Read the settings from environment variables (SettingsError when one is unusable)."""
+        env = Environment(environ)
+        types = env.names("IDENTIFIER_TYPES", ",".join(sorted(cls.identifier_types)))
         unknown = types - IDENTIFIER_TYPES
-        if unknown:
-            raise ValueError(f"IDENTIFIER_TYPES has unknown types: {sorted(unknown)}")
+        if unknown or not types:
+            raise SettingsError(f"IDENTIFIER_TYPES must name some of {sorted(IDENTIFIER_TYPES)}, not {sorted(unknown)}")
         return cls(
-            queue_url=os.environ["QUEUE_URL"],
-            webhook_secret_arn=os.environ["WEBHOOK_SECRET_ARN"],
-            hash_emails=_flag("HASH_EMAILS", True),
+            queue_url=env.text("QUEUE_URL"),
+            webhook_secret_arn=env.text("WEBHOOK_SECRET_ARN"),
+            hash_emails=env.flag("HASH_EMAILS", cls.hash_emails),
             identifier_types=types,
-            consent_categories=_names("CONSENT_CATEGORIES"),
-            max_clock_skew_seconds=int(os.environ.get("MAX_CLOCK_SKEW_SECONDS", 300)),
-            allow_bearer_token=_flag("ALLOW_BEARER_TOKEN", False),
-            max_body_bytes=int(os.environ.get("MAX_BODY_BYTES", 5 * 1024 * 1024)),
-            secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
+            consent_categories=env.names("CONSENT_CATEGORIES"),
+            max_clock_skew_seconds=env.number("MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds),
+            allow_bearer_token=env.flag("ALLOW_BEARER_TOKEN", cls.allow_bearer_token),
+            max_body_bytes=env.number("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
+            secret_max_age_seconds=env.number("SECRET_MAX_AGE_SECONDS", cls.secret_max_age_seconds),
         )
 
 
@@ -67,24 +124,42 @@ class SyncSettings:
     consent_required: bool = False  # CONSENT_CATEGORIES is set (ingest judges the categories)
     gum_caller_id: int | None = None  # Criteo's gumCallerId, needed to send gum identifiers
     secret_max_age_seconds: int = 300
-    lock_seconds: int = 960
+    lock_seconds: int = 360  # the function's 300 s timeout plus a margin: a crashed holder's lease expires
     max_receive_count: int = 0  # the queue's maxReceiveCount: on that delivery a failing message is parked by us
 
+    VARIABLES = (
+        "CRITEO_SECRET_ARN",
+        "LEDGER_TABLE",
+        "DEAD_LETTER_QUEUE_URL",
+        "CRITEO_BASE_URL",
+        "CRITEO_API_VERSION",
+        "AUDIENCE_NAME_PREFIX",
+        "DEPLOYMENT_ID",
+        "ADOPT_SEGMENTS",
+        "CONSENT_CATEGORIES",
+        "GUM_CALLER_ID",
+        "SECRET_MAX_AGE_SECONDS",
+        "AUDIENCE_LOCK_SECONDS",
+        "MAX_RECEIVE_COUNT",
+    )
+
     @classmethod
-    def from_env(cls) -> SyncSettings:
-        """Read the settings from environment variables."""
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SyncSettings:
+        """Read the settings from environment variables (SettingsError when one is unusable)."""
+        env = Environment(environ)
+        gum_caller_id = env.text("GUM_CALLER_ID", "")
         return cls(
-            criteo_secret_arn=os.environ["CRITEO_SECRET_ARN"],
-            ledger_table=os.environ["LEDGER_TABLE"],
-            dead_letter_queue_url=os.environ["DEAD_LETTER_QUEUE_URL"],
-            criteo_base_url=os.environ.get("CRITEO_BASE_URL", "https://api.criteo.com").rstrip("/"),
-            criteo_api_version=os.environ.get("CRITEO_API_VERSION", "2026-07"),
-            audience_name_prefix=os.environ.get("AUDIENCE_NAME_PREFIX", "segment_"),
-            deployment_id=os.environ.get("DEPLOYMENT_ID", "segment-criteo-sync"),
-            adopt_segments=_names("ADOPT_SEGMENTS"),
-            consent_required=bool(_names("CONSENT_CATEGORIES")),
-            gum_caller_id=int(os.environ["GUM_CALLER_ID"]) if os.environ.get("GUM_CALLER_ID") else None,
-            secret_max_age_seconds=int(os.environ.get("SECRET_MAX_AGE_SECONDS", 300)),
-            lock_seconds=int(os.environ.get("AUDIENCE_LOCK_SECONDS", 960)),
-            max_receive_count=int(os.environ.get("MAX_RECEIVE_COUNT", 0)),
+            criteo_secret_arn=env.text("CRITEO_SECRET_ARN"),
+            ledger_table=env.text("LEDGER_TABLE"),
+            dead_letter_queue_url=env.text("DEAD_LETTER_QUEUE_URL"),
+            criteo_base_url=env.text("CRITEO_BASE_URL", cls.criteo_base_url).rstrip("/"),
+            criteo_api_version=env.text("CRITEO_API_VERSION", cls.criteo_api_version),
+            audience_name_prefix=env.text("AUDIENCE_NAME_PREFIX", cls.audience_name_prefix),
+            deployment_id=env.text("DEPLOYMENT_ID", cls.deployment_id),
+            adopt_segments=env.names("ADOPT_SEGMENTS"),
+            consent_required=bool(env.names("CONSENT_CATEGORIES")),
+            gum_caller_id=env.number("GUM_CALLER_ID", 0, minimum=1) if gum_caller_id else None,
+            secret_max_age_seconds=env.number("SECRET_MAX_AGE_SECONDS", cls.secret_max_age_seconds),
+            lock_seconds=env.number("AUDIENCE_LOCK_SECONDS", cls.lock_seconds, minimum=1),
+            max_receive_count=env.number("MAX_RECEIVE_COUNT", cls.max_receive_count),
         )

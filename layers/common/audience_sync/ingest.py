@@ -43,7 +43,7 @@ class IngestService:
             return IngestOutcome(error_response(401, error.code, str(error)), {"unauthorized_requests": 1})
         except ConfigurationError as error:
             return IngestOutcome(
-                error_response(503, "not_configured", str(error)), {"config_errors": 1}
+                error_response(503, "not_configured", str(error)), {"webhook_secret_errors": 1}
             )  # alarm-worthy
         except DependencyUnavailable:
             message = "a dependency of the service is unavailable; retry later"

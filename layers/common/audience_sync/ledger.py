@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -37,7 +37,13 @@ PARALLEL_CALLS = 16
 MEMBER = "a#"
 CONSENT = "c#"
 
-Consent = tuple[str, bool]  # (version, granted)
+
+class Consent(NamedTuple):
+    """A user's newest consent; `pending` until every audience they are in has been re-evaluated for it."""
+
+    version: str
+    granted: bool
+    pending: bool = False
 
 
 class Ledger:
@@ -108,7 +114,8 @@ class Ledger:
     def consents(self, users: Iterable[str]) -> dict[str, Consent]:
         """The newest consent known per user (users never seen with consent information are absent)."""
         return {
-            item["pk"]["S"]: (item["v"]["S"], item["ok"]["BOOL"]) for item in self._get((u, CONSENT) for u in users)
+            item["pk"]["S"]: Consent(item["v"]["S"], item["ok"]["BOOL"], item.get("p", {}).get("BOOL", False))
+            for item in self._get((u, CONSENT) for u in dict.fromkeys(users))
         }
 
     def audiences_of_users(self, users: Iterable[str]) -> dict[str, list[str]]:
@@ -157,10 +164,65 @@ class Ledger:
         """Write the newest consent per user."""
         self._put(
             [
-                {"pk": {"S": user}, "sk": {"S": CONSENT}, "v": {"S": version}, "ok": {"BOOL": granted}}
-                for user, (version, granted) in consents.items()
+                {
+                    "pk": {"S": u},
+                    "sk": {"S": CONSENT},
+                    "v": {"S": c.version},
+                    "ok": {"BOOL": c.granted},
+                    "p": {"BOOL": c.pending},
+                }
+                for u, c in consents.items()
             ]
         )
+
+    def mark_held(self, users: Iterable[str]) -> set[str]:
+        """For users in an audience but never seen with a consent, create their consent item as a marker (no
+        consent, `held`) so that their first grant re-evaluates their audiences. Returns the users whose consent
+        item appeared meanwhile (a conditional PutItem each; a user without consent information is rare)."""
+        user_list = list(users)
+        return {user for user, raced in zip(user_list, self._pool.map(self._mark, user_list), strict=True) if raced}
+
+    def _mark(self, user: str) -> bool:
+        try:
+            self.dynamodb.put_item(
+                TableName=self.table,
+                Item={
+                    "pk": {"S": user},
+                    "sk": {"S": CONSENT},
+                    "v": {"S": ""},
+                    "ok": {"BOOL": False},
+                    "p": {"BOOL": False},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return True
+            raise DependencyUnavailable(f"DynamoDB PutItem failed: {error.response['Error']['Code']}") from None
+        except BotoCoreError as error:
+            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
+        return False
+
+    def settle_consents(self, versions: dict[str, str]) -> None:
+        """Clear `pending` where the consent is still that version (one conditional UpdateItem each, in
+        parallel; only for consent changes that changed what may be sent)."""
+        list(self._pool.map(self._settle, versions.items()))
+
+    def _settle(self, user_version: tuple[str, str]) -> None:
+        user, version = user_version
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": user}, "sk": {"S": CONSENT}},
+                UpdateExpression="SET p = :f",
+                ConditionExpression="v = :v",
+                ExpressionAttributeValues={":f": {"BOOL": False}, ":v": {"S": version}},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":  # a newer one is pending
+                raise DependencyUnavailable(f"DynamoDB UpdateItem failed: {error.response['Error']['Code']}") from None
+        except BotoCoreError as error:
+            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
 
     def _get(self, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
         key_list = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]

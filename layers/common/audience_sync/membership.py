@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from audience_sync.records import ADD, AudienceChange
+from audience_sync.records import ADD, REMOVE, AudienceChange
 
 # identifier type -> (event time of the identifiers held, {identifier: version of the event that carried it})
 HeldIdentifiers = dict[str, tuple[int, dict[str, str]]]
@@ -41,14 +41,15 @@ class Membership:
             return {}
         return {id_type: set(ids) for id_type, (_, ids) in self.held.items() if ids}
 
-    def apply(self, change: AudienceChange) -> None:
-        """Fold one enter or exit in; duplicates and stale changes leave the state as it is."""
-        version = change.version
+    def apply(self, change: AudienceChange, version: str | None = None) -> None:
+        """Fold one enter or exit in (`version`: the change's, if already computed); duplicates and stale
+        changes leave the state as it is, and so do consent changes (they are not memberships)."""
+        version = version or change.version
         if change.operation == ADD:
             self.entered = max(self.entered, version)
             if version > self.exited:
                 self._hold(change, version)
-        elif version > self.exited:
+        elif change.operation == REMOVE and version > self.exited:
             self.exited = version
             self.held = {
                 id_type: (at, kept)
@@ -66,6 +67,10 @@ class Membership:
             for identifier in identifiers:
                 ids[identifier] = max(ids.get(identifier, ""), version)
             self.held[id_type] = (at, ids)
+
+    def snapshot(self) -> tuple[str, str, bool, dict[str, tuple[int, dict[str, str]]]]:
+        """A copy of the whole state, to tell whether folding changed it."""
+        return self.entered, self.exited, self.live, {t: (at, dict(ids)) for t, (at, ids) in self.held.items()}
 
     def encode(self) -> str:
         """Compact JSON of the held identifiers (the ledger item's `ids`)."""

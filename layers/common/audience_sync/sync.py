@@ -41,13 +41,14 @@ MAX_LOCK_WAIT_SECONDS = 60.0
 
 
 class Sourced:
-    """A change and the SQS message it came from (the unit SQS retries)."""
+    """A change, its version (computed once) and the SQS message it came from (the unit SQS retries)."""
 
-    __slots__ = ("change", "message_id")
+    __slots__ = ("change", "message_id", "version")
 
     def __init__(self, change: AudienceChange, message_id: str) -> None:
         self.change = change
         self.message_id = message_id
+        self.version = change.version
 
 
 @dataclass
@@ -122,13 +123,21 @@ class AudienceSync:
                 consent_items.append(item)
             else:
                 by_audience.setdefault(item.change.audience_key, {}).setdefault(item.change.user, []).append(item)
-        self._apply_consent(consent_items, by_audience, report)
+        evaluated = self._apply_consent(consent_items, by_audience, report)
+        consents = self._read_consents(by_audience, report)
+        if consents is None:
+            return report
+        recheck: dict[str, UserChanges] = {}
         for audience_key, users in sorted(by_audience.items()):
-            if report.counts["config_errors"] or self.seconds_left() < SAFETY_SECONDS:
-                reason = CREDENTIALS_REJECTED if report.counts["config_errors"] else "out of time"
+            if report.counts["criteo_credentials_errors"] or self.seconds_left() < SAFETY_SECONDS:
+                reason = CREDENTIALS_REJECTED if report.counts["criteo_credentials_errors"] else "out of time"
                 report.hand_back((i.message_id for items in users.values() for i in items), reason)
                 continue
-            self._sync_audience(audience_key, users, report)
+            recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
+        if self.options.consent_required:
+            self._recheck_consent(recheck, consents, report)
+        if evaluated:
+            self._settle_consent(evaluated, report)
         return report
 
     def _decode(self, messages: list[tuple[str, str]], report: SyncReport) -> list[Sourced]:
@@ -147,81 +156,126 @@ class AudienceSync:
             items.extend(Sourced(change, message_id) for change in changes)
         return items
 
-    def _apply_consent(self, items: list[Sourced], by_audience: dict[str, UserChanges], report: SyncReport) -> None:
-        """Store the newest consent per user, then have every audience the ledger holds them in re-evaluated.
+    def _apply_consent(
+        self, items: list[Sourced], by_audience: dict[str, UserChanges], report: SyncReport
+    ) -> dict[str, tuple[Sourced, str]]:
+        """Store the newest consent per user; where it changes what may be sent, have every audience the ledger
+        holds the user in re-evaluated (one Query per such user). Returns those users, with the consent record
+        and the consent version that stays `pending` until that is done.
 
-        A consent change as new as the stored one is re-evaluated too: that is a redelivery whose PATCHes may
-        not have been made yet.
+        A first consent needs no look-up unless the ledger marked the user as held for want of one (see
+        `_sync_audience`); `pending` is stored with the consent, so a redelivery, or any later consent change,
+        finishes the re-evaluation of an earlier one that failed midway.
         """
         if not items:
-            return
+            return {}
         newest: dict[str, Sourced] = {}
         for item in items:
             held = newest.get(item.change.user)
-            if held is None or item.change.version > held.change.version:
+            if held is None or item.version > held.version:
                 newest[item.change.user] = item
+        writes: dict[str, Consent] = {}
+        evaluate: dict[str, tuple[Sourced, str]] = {}
         try:
             stored = self.ledger.consents(newest)
-            current = {u: i for u, i in newest.items() if i.change.version >= stored.get(u, ("", False))[0]}
-            self.ledger.save_consents(
-                {
-                    u: (i.change.version, i.change.operation == GRANT)
-                    for u, i in current.items()
-                    if i.change.version > stored.get(u, ("", False))[0]
-                }
-            )
-            audiences = self.ledger.audiences_of_users(current)
+            for user, item in newest.items():
+                granted, old = item.change.operation == GRANT, stored.get(user)
+                if old is None or item.version > old.version:
+                    pending = old is not None and (granted != old.granted or old.pending)
+                    writes[user] = Consent(item.version, granted, pending)
+                    version = item.version
+                else:
+                    pending, version = old.pending, old.version
+                if pending:
+                    evaluate[user] = (item, version)
+            self.ledger.save_consents(writes)
+            audiences = self.ledger.audiences_of_users(evaluate)
         except DependencyUnavailable as error:
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             report.hand_back((i.message_id for i in items), "membership ledger unavailable")
-            return
-        report.counts["consent_changes"] += len(current)
-        report.counts["stale_dropped"] += len(items) - len(current)
+            return {}
+        report.counts["consent_changes"] += len(writes)
+        report.counts["consent_reevaluations"] += len(evaluate)
+        report.counts["stale_dropped"] += len(items) - len(writes)
         for user, user_audiences in audiences.items():
             for audience_key in user_audiences:
-                by_audience.setdefault(audience_key, {}).setdefault(user, []).append(current[user])
+                by_audience.setdefault(audience_key, {}).setdefault(user, []).append(evaluate[user][0])
+        return evaluate
 
-    def _sync_audience(self, audience_key: str, users: UserChanges, report: SyncReport) -> None:
+    def _read_consents(self, by_audience: dict[str, UserChanges], report: SyncReport) -> dict[str, Consent] | None:
+        """Every user's consent, read once for the batch (after this batch's consent changes are stored)."""
+        if not self.options.consent_required:
+            return {}
+        try:
+            return self.ledger.consents(user for users in by_audience.values() for user in users)
+        except DependencyUnavailable as error:
+            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            report.hand_back((i.message_id for u in by_audience.values() for x in u.values() for i in x), str(error))
+            return None
+
+    def _settle_consent(self, evaluated: dict[str, tuple[Sourced, str]], report: SyncReport) -> None:
+        """Clear `pending` for users whose re-evaluation is done (their consent message is not coming back)."""
+        done = {user: version for user, (item, version) in evaluated.items() if item.message_id not in report.failed}
+        try:
+            self.ledger.settle_consents(done)
+        except DependencyUnavailable as error:  # stays pending: the next consent change re-evaluates again
+            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+
+    def _sync_audience(
+        self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport
+    ) -> UserChanges:
+        """Apply one audience under its lease; returns the users whose consent must be read again."""
         message_ids = {i.message_id for items in users.values() for i in items}
         try:
             if not self.ledger.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS)):
                 report.counts["lock_timeouts"] += 1
                 report.hand_back(message_ids, "another invocation held the audience's lease")
-                return
+                return {}
         except DependencyUnavailable as error:
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             report.hand_back(message_ids, "membership ledger unavailable")
-            return
+            return {}
         try:
-            self._apply_audience(audience_key, users, report)
+            return self._apply_audience(audience_key, users, consents, report)
         except DependencyUnavailable as error:
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             report.hand_back(message_ids, "membership ledger unavailable")
+            return {}
         finally:
             self.ledger.release(audience_key)
 
-    def _apply_audience(self, audience_key: str, users: UserChanges, report: SyncReport) -> None:
-        """Fold each user's changes into their ledger state, PATCH the differences, save what Criteo has."""
+    def _apply_audience(
+        self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport
+    ) -> UserChanges:
+        """Fold each user's changes into their ledger state, PATCH the differences, save what Criteo has.
+
+        With consent enforced, returns the users to read consent for again: new members now sent (a withdrawal
+        stored meanwhile by another invocation could not see them), and members held for want of a consent
+        whose marker could not be written because a consent arrived meanwhile.
+        """
         states = self.ledger.memberships(audience_key, users)
-        consents: dict[str, Consent] = self.ledger.consents(users) if self.options.consent_required else {}
         differences: dict[str, tuple[ByType, ByType]] = {}
         changed: dict[str, Membership] = {}
+        new_members: set[str] = set()
         for user, items in users.items():
             state = states[user]
-            before, sent_before = _snapshot(state), state.sent()
+            before, sent_before = state.snapshot(), state.sent()
             unknown = not (state.entered or state.exited)
-            for item in sorted(items, key=lambda i: i.change.version):
-                if item.change.operation not in CONSENT_OPERATIONS:
-                    state.apply(item.change)
-            state.live = state.is_in and (not self.options.consent_required or consents.get(user, ("", False))[1])
+            for item in sorted(items, key=lambda i: i.version):
+                state.apply(item.change, item.version)
+            consent = consents.get(user)
+            allowed = not self.options.consent_required or (consent is not None and consent.granted)
+            state.live = state.is_in and allowed
             if unknown and not state.is_in:
                 # A user the ledger never saw may be in Criteo from before it (an adopted segment, a migration):
                 # their exit removes what it carries.
                 sent_before = _carried_by_exits(items)
-            if _snapshot(state) == before:
+            if state.snapshot() == before:
                 report.counts["stale_dropped"] += len(items)
                 continue
             changed[user] = state
+            if unknown:
+                new_members.add(user)
             added, removed = difference(sent_before, state.sent())
             if added or removed:
                 differences[user] = (added, removed)
@@ -231,18 +285,31 @@ class AudienceSync:
                 failed_users |= plan.users
         saved = {u: s for u, s in changed.items() if u not in failed_users}
         self.ledger.save_memberships(audience_key, saved)
-        if self.options.consent_required:
-            self._recheck_consent(audience_key, {u for u, s in saved.items() if s.live}, consents, report)
+        if not self.options.consent_required:
+            return {}
+        waiting = [u for u, s in saved.items() if s.is_in and u not in consents]
+        recheck = {u for u in new_members if saved.get(u) and saved[u].live} | self.ledger.mark_held(waiting)
+        return {u: users[u] for u in recheck}
 
-    def _recheck_consent(self, audience_key: str, live: set[str], used: dict[str, Consent], report: SyncReport) -> None:
-        """A withdrawal stored by another invocation after we read consent did not see these new members:
-        re-read, and re-evaluate the users whose consent changed meanwhile (still under the lease)."""
-        if not live:
+    def _recheck_consent(self, recheck: dict[str, UserChanges], used: dict[str, Consent], report: SyncReport) -> None:
+        """Re-read the consent of the users `_apply_audience` named and re-apply, under the lease, the audiences
+        of those whose consent changed meanwhile (their changes go along again: folding twice changes nothing,
+        and a failure hands their messages back)."""
+        users = {u for audience_users in recheck.values() for u in audience_users}
+        if not users:
             return
-        changed = {u for u, consent in self.ledger.consents(live).items() if consent != used.get(u)}
-        if changed:
-            report.counts["consent_rechecks"] += len(changed)
-            self._apply_audience(audience_key, {u: [] for u in changed}, report)
+        try:
+            fresh = self.ledger.consents(users)
+        except DependencyUnavailable as error:
+            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            report.hand_back((i.message_id for a in recheck.values() for x in a.values() for i in x), str(error))
+            return
+        moved = {u for u in users if getattr(fresh.get(u), "version", None) != getattr(used.get(u), "version", None)}
+        report.counts["consent_rechecks"] += len(moved)
+        for audience_key, audience_users in sorted(recheck.items()):
+            again = {u: items for u, items in audience_users.items() if u in moved}
+            if again:
+                self._sync_audience(audience_key, again, {**used, **fresh}, report)
 
     def _apply_plan(self, plan: PatchPlan, users: UserChanges, report: SyncReport) -> bool:
         """One PATCH; True when Criteo has it, False when its users' changes come back or were parked."""
@@ -271,7 +338,7 @@ class AudienceSync:
             self.dead_letters.send(list(pack_changes(changes)), str(error))
             return False
         except InvalidCredentials as error:
-            report.counts["config_errors"] += 1
+            report.counts["criteo_credentials_errors"] += 1
             logger.error("Criteo credentials rejected: fix the Criteo secret", extra={"reason": str(error)})
             report.hand_back(message_ids, CREDENTIALS_REJECTED)
             return False
@@ -299,10 +366,6 @@ def _carried_by_exits(items: list[Sourced]) -> ByType:
             for id_type, identifiers in item.change.identifiers.items():
                 carried.setdefault(id_type, set()).update(identifiers)
     return carried
-
-
-def _snapshot(state: Membership) -> tuple[str, str, str, bool]:
-    return state.entered, state.exited, state.encode(), state.live
 
 
 def park_exhausted(

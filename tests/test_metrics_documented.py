@@ -1,0 +1,51 @@
+"""The README's metric list is what the code emits: every name the code can emit is declared and documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from audience_sync.observability import INGEST_METRIC_PREFIXES, INGEST_METRICS, SYNC_METRICS
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYER = ROOT / "layers" / "common" / "audience_sync"
+
+
+def _readme_metrics(label: str) -> set[str]:
+    """Backticked names after `label:` in the README's metrics bullet (up to the next label or bullet)."""
+    text = (ROOT / "README.md").read_text()
+    bullet = text[text.index("- Metrics (") :]
+    bullet = bullet[: bullet.index("\n- ")]
+    part = bullet[bullet.index(f"{label}:") :]
+    part = re.split(r"\n\s+[A-Z][a-z]+:", part[len(label) + 1 :])[0]
+    return set(re.findall(r"`([a-z_<>]+)`", part))
+
+
+def _emitted_by_sync() -> set[str]:
+    code = (LAYER / "sync.py").read_text() + (ROOT / "functions" / "sync" / "app.py").read_text()
+    names = set(re.findall(r'counts\["([a-z_]+)"\]', code))
+    names |= set(re.findall(r'"([a-z_]+)" if plan.operation == ADD else "([a-z_]+)"', code)[0])
+    handler = code[code.index("counts = {") : code.index("metrics.add_metric")]
+    names |= set(re.findall(r'"([a-z_]+)": ', handler)) | set(re.findall(r"(\w+)=len\(", handler))
+    return names
+
+
+def _emitted_by_ingest() -> set[str]:
+    code = (LAYER / "ingest.py").read_text()
+    names = set(re.findall(r'\{"([a-z_]+)": 1\}', code))
+    metrics_of = code[code.index("def metrics_of") :]
+    names |= set(re.findall(r'^\s+"([a-z_]+)": ', metrics_of, re.MULTILINE))
+    names |= set(re.findall(r'add_metric\(name="([a-z_]+)"', (ROOT / "functions" / "ingest" / "app.py").read_text()))
+    return names
+
+
+def test_every_metric_the_code_emits_is_declared() -> None:
+    assert _emitted_by_sync() == SYNC_METRICS
+    assert _emitted_by_ingest() == INGEST_METRICS
+
+
+def test_the_readme_lists_exactly_the_declared_metrics() -> None:
+    assert _readme_metrics("Sync") == SYNC_METRICS
+    documented = _readme_metrics("Ingest")
+    examples = {name for name in documented if name.startswith(INGEST_METRIC_PREFIXES) and "<" not in name}
+    assert documented - examples == INGEST_METRICS | {f"{prefix}<reason>" for prefix in INGEST_METRIC_PREFIXES}
