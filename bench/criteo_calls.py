@@ -65,13 +65,13 @@ def meter(operation: str, params: dict[str, Any]) -> Counter[str]:
                 billed["wru"] += math.ceil(item_bytes(put["Item"]) / WRITE_UNIT_BYTES) if put else 1
     elif operation == "PutItem":
         billed["wru"] += math.ceil(item_bytes(params["Item"]) / WRITE_UNIT_BYTES)
-    elif operation == "DeleteItem":
-        billed["wru"] += 1  # the lease item, well under 1 KB
+    elif operation == "UpdateItem":
+        billed["wru"] += 1  # the lease or a consent item, well under 1 KB
     return billed
 
 
 class InMemoryTable:
-    """The five DynamoDB client calls the ledger makes, answered from memory (one table, no conditions
+    """The DynamoDB client calls the ledger makes, answered from memory (one table, no conditions
     enforced: one sync at a time here), each metered."""
 
     def __init__(self) -> None:
@@ -90,12 +90,17 @@ class InMemoryTable:
         self._store(params["Item"])
         return {}
 
-    def delete_item(self, **params: Any) -> dict[str, Any]:
-        """DeleteItem (the lease)."""
-        self._bill("DeleteItem", params)
-        key = params["Key"]
+    def update_item(self, **params: Any) -> dict[str, Any]:
+        """UpdateItem `SET a = :x, b = :y` (the lease's release, a consent's settling) on an existing item."""
+        self._bill("UpdateItem", params)
+        key, values = params["Key"], params["ExpressionAttributeValues"]
+        assignments = params["UpdateExpression"].removeprefix("SET ").split(", ")
         with self._lock:
-            self.items.get(key["pk"]["S"], {}).pop(key["sk"]["S"], None)
+            item = self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])
+            if item is not None:
+                for assignment in assignments:
+                    name, value = assignment.split(" = ")
+                    item[name] = values[value]
         return {}
 
     def batch_get_item(self, **params: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from bench.aws_stub import AwsStub
 from bench.timing import best_thread_seconds
 from devtools.lambda_runtime import FakeContext, load_function
 from devtools.local_aws import DEV_WEBHOOK_SECRET
+from devtools.template import powertools_env
 
 TARGET_EVENTS_PER_SECOND = 20_000
 
@@ -53,6 +54,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "WEBHOOK_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:bench",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "POWERTOOLS_METRICS_DISABLED": "true",
+            **powertools_env(),
         }
         ingest = load_function("ingest", env)
         for size in (1, 4_000):

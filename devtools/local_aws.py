@@ -20,6 +20,8 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
+from devtools.template import powertools_env
+
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 DEV_WEBHOOK_SECRET = "local-dev-webhook-secret"
@@ -69,8 +71,7 @@ class LocalAws:
             "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
             "MAX_RECEIVE_COUNT": str(self.max_receive_count),
             "CRITEO_BASE_URL": criteo_url,
-            "POWERTOOLS_SERVICE_NAME": "segment-criteo-sync",
-            "POWERTOOLS_METRICS_NAMESPACE": "SegmentCriteoSync",
+            **powertools_env(),
         }
         env.update(overrides)
         return env

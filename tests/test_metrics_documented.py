@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from audience_sync.observability import INGEST_METRIC_PREFIXES, INGEST_METRICS, SYNC_METRICS
+from devtools.template import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "layers" / "common" / "audience_sync"
@@ -49,3 +50,17 @@ def test_the_readme_lists_exactly_the_declared_metrics() -> None:
     documented = _readme_metrics("Ingest")
     examples = {name for name in documented if name.startswith(INGEST_METRIC_PREFIXES) and "<" not in name}
     assert documented - examples == INGEST_METRICS | {f"{prefix}<reason>" for prefix in INGEST_METRIC_PREFIXES}
+
+
+def test_every_alarm_and_dashboard_metric_of_ours_is_one_the_code_emits() -> None:
+    template = load_template()
+    namespace = {"Fn::FindInMap": ["Observability", "Powertools", "Namespace"]}
+    alarmed = {
+        r["Properties"]["MetricName"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == namespace
+    }
+    assert alarmed and alarmed <= INGEST_METRICS | SYNC_METRICS
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    charted = set(re.findall(r'"\$\{Namespace\}",\s*"([a-z_]+)"', body))
+    assert charted and charted <= INGEST_METRICS | SYNC_METRICS

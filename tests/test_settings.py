@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from audience_sync.config import IngestSettings, SettingsError, SyncSettings
-from tests.test_template_security import load_template
+from devtools.template import load_template
 
 REQUIRED = {
     "QUEUE_URL": "https://sqs/q",

@@ -6,35 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from devtools.template import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short-form intrinsics (`!Ref X` → {"Ref": "X"})."""
-
-
-def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if suffix == "GetAtt":
-            value = str(value).split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-_CfnLoader.add_multi_constructor("!", _intrinsic)
-
-
-def load_template() -> dict[str, Any]:
-    """template.yaml as a dict, intrinsics in their long form."""
-    template: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
-    return template
 
 
 @pytest.fixture(scope="module")

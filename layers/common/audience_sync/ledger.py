@@ -89,15 +89,26 @@ class Ledger:
             time.sleep(LOCK_POLL_SECONDS)
 
     def release(self, audience_key: str) -> None:
-        """Give the lease back (only if still ours); an expired lease needs no release."""
+        """Give the lease back (only if still ours) and note when the audience was synced; an expired lease
+        needs no release."""
         with contextlib.suppress(ClientError, BotoCoreError):  # the lease expires on its own anyway
-            self.dynamodb.delete_item(
+            self.dynamodb.update_item(
                 TableName=self.table,
                 Key={"pk": {"S": f"lock#{audience_key}"}, "sk": {"S": "lock"}},
+                UpdateExpression="SET expires = :zero, synced = :now",
                 ConditionExpression="#o = :me",
                 ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": self.owner}},
+                ExpressionAttributeValues={
+                    ":me": {"S": self.owner},
+                    ":zero": {"N": "0"},
+                    ":now": {"N": f"{self.clock():.3f}"},
+                },
             )
+
+    def last_synced(self, audiences: Iterable[str]) -> dict[str, float]:
+        """When each audience's lease was last released (absent: never, or over an hour ago)."""
+        items = self._get((f"lock#{audience}", "lock") for audience in audiences)
+        return {item["pk"]["S"].removeprefix("lock#"): float(item["synced"]["N"]) for item in items if "synced" in item}
 
     def memberships(self, audience_key: str, users: Iterable[str]) -> dict[str, Membership]:
         """Each user's membership of the audience (strongly consistent); absent users get an empty one."""

@@ -114,7 +114,12 @@ class AudienceSync:
         self.seconds_left = seconds_left
 
     def run(self, messages: list[tuple[str, str]]) -> SyncReport:
-        """Sync a batch of (SQS message id, body); returns the message ids that must come back."""
+        """Sync a batch of (SQS message id, body); returns the message ids that must come back.
+
+        The audiences synced longest ago go first: when time runs out, the ones left for the next delivery
+        are never the same again and again (the last in a fixed order was handed back until its messages
+        were parked, in the chaos soak).
+        """
         report = SyncReport()
         by_audience: dict[str, UserChanges] = {}
         consent_items: list[Sourced] = []
@@ -128,7 +133,7 @@ class AudienceSync:
         if consents is None:
             return report
         recheck: dict[str, UserChanges] = {}
-        for audience_key, users in sorted(by_audience.items()):
+        for audience_key, users in self._longest_waiting_first(by_audience, report):
             if report.counts["criteo_credentials_errors"] or self.seconds_left() < SAFETY_SECONDS:
                 reason = CREDENTIALS_REJECTED if report.counts["criteo_credentials_errors"] else "out of time"
                 report.hand_back((i.message_id for items in users.values() for i in items), reason)
@@ -139,6 +144,16 @@ class AudienceSync:
         if evaluated:
             self._settle_consent(evaluated, report)
         return report
+
+    def _longest_waiting_first(
+        self, by_audience: dict[str, UserChanges], report: SyncReport
+    ) -> list[tuple[str, UserChanges]]:
+        try:
+            synced = self.ledger.last_synced(by_audience)
+        except DependencyUnavailable as error:  # the leases will tell; the order is only a fairness aid
+            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            synced = {}
+        return sorted(by_audience.items(), key=lambda entry: (synced.get(entry[0], 0.0), entry[0]))
 
     def _decode(self, messages: list[tuple[str, str]], report: SyncReport) -> list[Sourced]:
         items: list[Sourced] = []
