@@ -222,3 +222,29 @@ def test_incomplete_criteo_secret_hands_back_then_parks_with_the_reason_on_the_l
     assert reason == "still failing after 2 deliveries: the Criteo secret is unreadable or incomplete"
     assert parked["body"]["r"][0][6] == {"email": [sha("u@example.com")]}
     assert stack.criteo.count("token") == 0
+
+
+class OnePatchContext(FakeContext):
+    """A Lambda context whose time runs out once Criteo has received one more PATCH."""
+
+    def __init__(self, criteo: Any) -> None:
+        super().__init__(timeout_seconds=60)
+        self.criteo, self.patches = criteo, criteo.count("patch")
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000 if self.criteo.count("patch") == self.patches else 1_000
+
+
+def test_an_audience_left_out_when_time_ran_out_goes_first_next_time(stack: Stack) -> None:
+    def deliver(changes: list[AudienceChange], earlier: list[str]) -> list[str]:
+        body = next(pack_changes(changes))
+        records = [{"messageId": f"m{i}", "body": b} for i, b in enumerate([*earlier, body])]
+        result = stack.sync.handler({"Records": records}, OnePatchContext(stack.criteo))
+        assert result["batchItemFailures"], "time ran out: something comes back"
+        return [*earlier, body]
+
+    # Every delivery brings new work for "a"; in a fixed order "b" (after "a") would never get its turn.
+    bodies = deliver([change("a", "add", "a1@example.com", 1, "e1"), change("b", "add", "b1@example.com", 1, "e2")], [])
+    assert stack.members("a") == {sha("a1@example.com")} and stack.members("b") == set()
+    deliver([change("a", "add", "a2@example.com", 2, "e3")], bodies)
+    assert stack.members("b") == {sha("b1@example.com")}
