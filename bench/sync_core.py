@@ -14,8 +14,8 @@ from typing import Any
 
 from audience_sync.membership import ByType, Membership, difference
 from audience_sync.plan import plan_contact_list_patches
-from audience_sync.records import REMOVE, pack_changes, unpack_changes
-from audience_sync.sync import Sourced
+from audience_sync.records import pack_changes, unpack_changes
+from audience_sync.sync import Sourced, carried_by_exits
 from bench.streams import StreamSpec, generate, segment_requests
 from bench.timing import best_thread_seconds
 
@@ -39,7 +39,7 @@ def pure_sync(messages: list[tuple[str, str]]) -> int:
                 state.apply(item.change)
             state.live = state.is_in
             # A user the ledger never saw who ends out: their exits remove what they carry.
-            before = {} if state.is_in else _carried_by_exits(items)
+            before = {} if state.is_in else carried_by_exits(items)
             added, removed = difference(before, state.sent())
             if added or removed:
                 differences[user] = (added, removed)
@@ -52,15 +52,6 @@ def pure_sync(messages: list[tuple[str, str]]) -> int:
             }
             sent += len(json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}}))
     return sent
-
-
-def _carried_by_exits(items: list[Sourced]) -> ByType:
-    carried: ByType = {}
-    for item in items:
-        if item.change.operation == REMOVE:
-            for id_type, identifiers in item.change.identifiers.items():
-                carried.setdefault(id_type, set()).update(identifiers)
-    return carried
 
 
 def floor(messages: list[tuple[str, str]]) -> int:

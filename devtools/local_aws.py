@@ -36,6 +36,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def local_client(endpoint: str, service: str) -> Any:
+    """A boto3 client for one service of a local moto server (dummy credentials, the local region)."""
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 @dataclass
 class LocalAws:
     """Addresses of the provisioned local resources."""
@@ -50,13 +61,7 @@ class LocalAws:
 
     def client(self, service: str) -> Any:
         """A boto3 client talking to the local moto server."""
-        return boto3.client(  # type: ignore[call-overload]
-            service,
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        return local_client(self.endpoint, service)
 
     def function_env(self, criteo_url: str, **overrides: str) -> dict[str, str]:
         """Environment for both handlers, as template.yaml would set it, pointed at loopback."""

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from devtools import deploy_check
@@ -72,7 +71,7 @@ from devtools.deploy_check import (
     permissions_needed,
     policy_statements,
 )
-from devtools.local_aws import DEV_CRITEO, MotoServer
+from devtools.local_aws import DEV_CRITEO, MotoServer, local_client
 from tests.segment_events import sha, signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,13 +222,7 @@ class Deployed:
 
 
 def aws_client(moto: MotoServer, service: str) -> Any:
-    return boto3.client(  # type: ignore[call-overload]
-        service,
-        endpoint_url=moto.endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return local_client(moto.endpoint, service)
 
 
 def parse_policy(document: Any) -> dict[str, Any]:

@@ -284,7 +284,7 @@ class AudienceSync:
             if unknown and not state.is_in:
                 # A user the ledger never saw may be in Criteo from before it (an adopted segment, a migration):
                 # their exit removes what it carries.
-                sent_before = _carried_by_exits(items)
+                sent_before = carried_by_exits(items)
             if state.snapshot() == before:
                 report.counts["stale_dropped"] += len(items)
                 continue
@@ -374,7 +374,8 @@ class AudienceSync:
         return self.directory.resolve(self.options.name_prefix + audience_key, description)
 
 
-def _carried_by_exits(items: list[Sourced]) -> ByType:
+def carried_by_exits(items: list[Sourced]) -> ByType:
+    """The identifiers the exits among these changes carry, by type."""
     carried: ByType = {}
     for item in items:
         if item.change.operation == REMOVE:
