@@ -26,6 +26,16 @@ def queue_backlog(sqs: Any, queue_url: str) -> int:
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
+@dataclass(frozen=True)
+class BatchReport:
+    """One sync invocation: messages handed over, how many failed (to come back), crashed or not, wall time."""
+
+    messages: int
+    failed: int
+    crashed: bool
+    seconds: float
+
+
 @dataclass
 class PollStats:
     """What the poller did."""
@@ -48,6 +58,7 @@ class SqsPoller:
         window_seconds: float = 0.5,
         retry_delay_seconds: int = 1,
         function_timeout_seconds: float = 60.0,
+        on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
@@ -57,6 +68,7 @@ class SqsPoller:
         self.retry_delay_seconds = retry_delay_seconds
         self.function_timeout_seconds = function_timeout_seconds
         self.stats = PollStats()
+        self.on_batch = on_batch  # told about every invocation, after its deletes and retries are settled
         self.queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
@@ -103,12 +115,14 @@ class SqsPoller:
             return 0
         self.stats.invocations += 1
         self.stats.messages += len(messages)
+        started, crashed = time.monotonic(), False
         try:
             result = self.handler(self._event(messages), FakeContext(timeout_seconds=self.function_timeout_seconds))
             failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
         except Exception:  # a crashed invocation fails the whole batch, as in Lambda
             self.stats.crashed += 1
-            failed = {m["MessageId"] for m in messages}
+            failed, crashed = {m["MessageId"] for m in messages}, True
+        seconds = time.monotonic() - started
         self.stats.failed += len(failed)
         done = [m for m in messages if m["MessageId"] not in failed]
         for start in range(0, len(done), 10):
@@ -127,6 +141,8 @@ class SqsPoller:
                     for i, m in enumerate(retry[start : start + 10])
                 ],
             )
+        if self.on_batch is not None:
+            self.on_batch(BatchReport(len(messages), len(failed), crashed, seconds))
         return len(messages)
 
     def backlog(self) -> int:

@@ -340,3 +340,25 @@ def test_a_withdrawal_whose_removal_failed_is_finished_by_the_next_consent_chang
     # A later consent event with the same answer changes nothing by itself, but the pending one is finished.
     sync(stack, preference_update("m3", "u1", "2026-11-21T11:00:00Z", False))
     assert stack.members("cart") == set()
+
+
+def test_adds_written_ahead_are_sent_again_when_their_message_comes_back(stack: Stack) -> None:
+    """The ledger records a user's new identifiers before the PATCH (so a sync that dies after Criteo took
+    them can't leave them unknown); a delivery that then fails comes back, and its adds are sent again."""
+    stack.invoke_ingest(signed(enter("m1", "u1", email="a@example.com")))
+    sqs = stack.aws.client("sqs")
+    [message] = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
+
+    def deliver(count: int) -> dict[str, Any]:
+        record = {"messageId": "x", "body": message["Body"], "attributes": {"ApproximateReceiveCount": str(count)}}
+        result: dict[str, Any] = stack.sync.handler({"Records": [record]}, FakeContext(8))
+        return result
+
+    stack.criteo.faults.down = True
+    assert deliver(1)["batchItemFailures"] == [{"itemIdentifier": "x"}]
+    stack.criteo.faults.down = False
+    assert deliver(2)["batchItemFailures"] == []
+    assert stack.members("cart") == {sha("a@example.com")}
+    # A newer exit then takes out what the ledger wrote ahead, whatever Criteo had received.
+    sync(stack, leave("m2", "u1"))
+    assert stack.members("cart") == set()

@@ -75,7 +75,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         report.hand_back((message_id for message_id, _ in messages), "the Criteo secret is unreadable or incomplete")
     else:
         criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
-        report = AudienceSync(criteo, ledger, dead_letters, options, seconds_left).run(messages)
+        report = AudienceSync(criteo, ledger, dead_letters, options, seconds_left).run(messages, receive_counts)
         counts = {
             "criteo_calls": criteo.stats.total_calls,
             "criteo_retries": criteo.stats.retries,

@@ -3,17 +3,24 @@
 # Debian trixie (Python 3.13) via debootstrap + the Lambda runtime interface client (awslambdaric) and boto3
 # in /var/runtime, imported into Docker as local/lambda-python:3.13-<arch>.
 #
-#   scripts/lambda-image/build.sh [--arch arm64|x86_64] [--rebuild]
+#   scripts/lambda-image/build.sh [--arch arm64|x86_64] [--rebuild] [--print-mirror]
 #
-#   --arch     target architecture (default arm64, what we deploy). A foreign architecture runs under
-#              qemu-user-static through binfmt_misc (installed and enabled here).
-#   --rebuild  throw the cached root filesystem away and start over.
+#   --arch          target architecture (default arm64, what we deploy). A foreign architecture runs under
+#                   qemu-user-static through binfmt_misc (installed and enabled here).
+#   --rebuild       throw the cached root filesystem away and start over.
+#   --print-mirror  print the Debian mirror debootstrap would use, and where it came from; change nothing.
+#
+# Needs root: apt-get (debootstrap, qemu), dockerd (docker-up.sh), binfmt_misc, chroot.
 #
 # Cached in <repo>/.local/lambda-image/<arch>/ (git-ignored): rootfs/ plus stamp files. A second run with an
 # unchanged rootfs and an existing image does nothing. Use the image with:
 #   sam local invoke Fn -e ev.json --invoke-image local/lambda-python:3.13-arm64 --skip-pull-image
 #
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), LAMBDA_IMAGE_CACHE (cache root),
+# Debian mirror: DEBIAN_MIRROR if set; else the first Debian archive in this machine's own apt sources
+#   ($APT_ETC/sources.list, sources.list.d/*.list one-line entries and *.sources deb822 `URIs:`, APT_ETC
+#   defaulting to /etc/apt) with a Debian suite (bookworm, trixie, sid, stable, ...; not -security);
+#   else http://deb.debian.org/debian.
+# Environment: DEBIAN_MIRROR, APT_ETC, LAMBDA_IMAGE_CACHE (cache root),
 #   AWSLAMBDARIC_VERSION (default 4.2.2), BOTO3_SPEC (default "boto3"; empty = no boto3),
 #   IMAGE_REPO (default local/lambda-python).
 set -euo pipefail
@@ -24,12 +31,14 @@ export DEBIAN_FRONTEND=noninteractive
 
 ARCH=arm64
 REBUILD=0
+PRINT_MIRROR=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) ARCH="${2:?--arch needs a value}"; shift 2 ;;
     --arch=*) ARCH="${1#--arch=}"; shift ;;
     --rebuild) REBUILD=1; shift ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --print-mirror) PRINT_MIRROR=1; shift ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +50,71 @@ case "$ARCH" in
 esac
 
 SUITE=trixie # Debian 13: python3 is 3.13 (bookworm has 3.11)
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The machine's own Debian mirror: "URI<TAB>file" of the first apt source with a Debian suite, or nothing.
+# One-line entries: `deb [options] URI SUITE COMPONENT...`; deb822 stanzas: Types/URIs/Suites/Enabled fields.
+# Files in apt's order: sources.list, then sources.list.d/*.list and *.sources by name.
+apt_debian_mirror() {
+  local etc="${APT_ETC:-/etc/apt}" f uri
+  for f in "$etc/sources.list" "$etc"/sources.list.d/*; do
+    case "$f" in *.list | *.sources) ;; *) continue ;; esac
+    [ -f "$f" ] && [ -r "$f" ] || continue
+    uri="$(awk '
+      function debian_suite(s) {
+        if (s ~ /-security$/) return 0
+        sub(/-(updates|backports|backports-sloppy|proposed-updates)$/, "", s)
+        return s ~ /^(jessie|stretch|buster|bullseye|bookworm|trixie|forky|duke|sid|stable|testing|unstable|oldstable|oldoldstable)$/
+      }
+      function usable(uri) { return uri ~ /^(https?|ftp|file):/ && uri !~ /debian-security|ubuntu/ }
+      function pick(uri) { sub(/\/+$/, "", uri); print uri; found = 1; exit }
+      function extend(v) {
+        if (field == "types") types = types " " v
+        else if (field == "uris") uris = uris " " v
+        else if (field == "suites") suites = suites " " v
+        else if (field == "enabled") enabled = v
+      }
+      function stanza(   i, j, n, m, us, ss) {
+        if (types ~ /(^|[ \t])deb([ \t]|$)/ && tolower(enabled) !~ /^[ \t]*no/) {
+          n = split(suites, ss, /[ \t]+/)
+          m = split(uris, us, /[ \t]+/)
+          for (i = 1; i <= n; i++) if (debian_suite(ss[i])) for (j = 1; j <= m; j++) if (usable(us[j])) pick(us[j])
+        }
+        types = ""; uris = ""; suites = ""; enabled = ""; field = ""
+      }
+      FILENAME ~ /\.sources$/ {
+        if ($0 ~ /^#/) next
+        if ($0 ~ /^[ \t]*$/) { stanza(); next }
+        if ($0 ~ /^[ \t]/) { value = $0; sub(/^[ \t]+/, "", value); extend(value); next }
+        field = tolower($0); sub(/:.*/, "", field); value = $0; sub(/^[^:]*:[ \t]*/, "", value); extend(value)
+        next
+      }
+      {
+        line = $0; sub(/#.*/, "", line); gsub(/\[[^]]*\]/, " ", line)
+        n = split(line, w, /[ \t]+/); k = 1
+        while (k <= n && w[k] == "") k++
+        if (w[k] == "deb" && usable(w[k + 1]) && debian_suite(w[k + 2])) pick(w[k + 1])
+      }
+      END { if (!found && FILENAME ~ /\.sources$/) stanza() }
+    ' "$f")" || uri=""
+    if [ -n "$uri" ]; then
+      printf '%s\t%s\n' "$uri" "$f"
+      return 0
+    fi
+  done
+  return 0
+}
+
+if [ -n "${DEBIAN_MIRROR:-}" ]; then
+  MIRROR="$DEBIAN_MIRROR" MIRROR_FROM="DEBIAN_MIRROR"
+elif found="$(apt_debian_mirror)" && [ -n "$found" ]; then
+  MIRROR="${found%%$'\t'*}" MIRROR_FROM="${found#*$'\t'}"
+else
+  MIRROR="http://deb.debian.org/debian" MIRROR_FROM="default: no Debian archive in ${APT_ETC:-/etc/apt} sources"
+fi
+if [ "$PRINT_MIRROR" -eq 1 ]; then
+  printf '%s\t%s\n' "$MIRROR" "$MIRROR_FROM"
+  exit 0
+fi
 INCLUDE="python3,ca-certificates,tzdata"
 RIC_VERSION="${AWSLAMBDARIC_VERSION:-4.2.2}" # 3.0.0+ has cp313 wheels for both manylinux2014 arches
 BOTO3_SPEC="${BOTO3_SPEC-boto3}"             # the managed runtime ships boto3; our functions rely on it
@@ -110,7 +183,7 @@ if [ "$REBUILD" -eq 1 ] || [ ! -f "$CACHE/rootfs.stamp" ] || [ "$(head -n1 "$CAC
     grep -q " $dir/" /proc/mounts && awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r umount -l
     rm -rf "$dir"
   done
-  say "debootstrap $SUITE ($DEB_ARCH, minbase, +$INCLUDE) from $MIRROR$([ "$FOREIGN" -eq 1 ] && echo ' under qemu, ~3-4 min') ..."
+  say "debootstrap $SUITE ($DEB_ARCH, minbase, +$INCLUDE) from $MIRROR ($MIRROR_FROM)$([ "$FOREIGN" -eq 1 ] && echo ' under qemu, ~3-4 min') ..."
   t=$(date +%s)
   mkdir -p "$ROOTFS.tmp"
   if ! debootstrap --arch="$DEB_ARCH" --variant=minbase --include="$INCLUDE" \

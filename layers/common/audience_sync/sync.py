@@ -4,7 +4,7 @@ failure reporting."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from audience_sync.criteo.client import CriteoClient
@@ -19,7 +19,7 @@ from audience_sync.criteo.segments import SegmentDirectory
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
 from audience_sync.ledger import Consent, Ledger
-from audience_sync.membership import ByType, Membership, difference
+from audience_sync.membership import ByType, HeldIdentifiers, Membership, difference
 from audience_sync.observability import logger
 from audience_sync.plan import PatchPlan, plan_contact_list_patches
 from audience_sync.queue import QueueWriter
@@ -112,15 +112,20 @@ class AudienceSync:
         self.dead_letters = dead_letters
         self.options = options
         self.seconds_left = seconds_left
+        self.redelivered: frozenset[str] = frozenset()
 
-    def run(self, messages: list[tuple[str, str]]) -> SyncReport:
+    def run(self, messages: list[tuple[str, str]], receive_counts: Mapping[str, int] | None = None) -> SyncReport:
         """Sync a batch of (SQS message id, body); returns the message ids that must come back.
+
+        `receive_counts` (SQS's ApproximateReceiveCount per message): a message delivered again may come from a
+        sync that wrote its users ahead and died before Criteo had their identifiers, so their adds are re-sent.
 
         The audiences synced longest ago go first: when time runs out, the ones left for the next delivery
         are never the same again and again (the last in a fixed order was handed back until its messages
         were parked, in the chaos soak).
         """
         report = SyncReport()
+        self.redelivered = frozenset(m for m, count in (receive_counts or {}).items() if count > 1)
         by_audience: dict[str, UserChanges] = {}
         consent_items: list[Sourced] = []
         for item in self._decode(messages, report):
@@ -272,9 +277,11 @@ class AudienceSync:
         differences: dict[str, tuple[ByType, ByType]] = {}
         changed: dict[str, Membership] = {}
         new_members: set[str] = set()
+        befores: dict[str, tuple[str, str, bool, HeldIdentifiers]] = {}
         for user, items in users.items():
             state = states[user]
             before, sent_before = state.snapshot(), state.sent()
+            befores[user] = before
             unknown = not (state.entered or state.exited)
             for item in sorted(items, key=lambda i: i.version):
                 state.apply(item.change, item.version)
@@ -285,21 +292,35 @@ class AudienceSync:
                 # A user the ledger never saw may be in Criteo from before it (an adopted segment, a migration):
                 # their exit removes what it carries.
                 sent_before = carried_by_exits(items)
-            if state.snapshot() == before:
+            resend = state.live and any(i.message_id in self.redelivered for i in items)
+            if state.snapshot() == before and not resend:
                 report.counts["stale_dropped"] += len(items)
                 continue
-            changed[user] = state
+            if state.snapshot() != before:
+                changed[user] = state
             if unknown:
                 new_members.add(user)
             added, removed = difference(sent_before, state.sent())
+            if resend:
+                added = state.sent()
             if added or removed:
                 differences[user] = (added, removed)
+        # Users gaining identifiers are written ahead of the PATCH: an add Criteo got is never unknown to the
+        # ledger (a sync that dies in between leaves its messages to come back, and they re-send the adds).
+        ahead = {u: changed[u] for u, (added, _) in differences.items() if added and u in changed}
+        self.ledger.save_memberships(audience_key, ahead)
         failed_users: set[str] = set()
         for plan in plan_contact_list_patches(audience_key, differences):
             if not self._apply_plan(plan, users, report):
                 failed_users |= plan.users
         saved = {u: s for u, s in changed.items() if u not in failed_users}
-        self.ledger.save_memberships(audience_key, saved)
+        # Written ahead but not sent: back to what they were, so their messages' next delivery sends them.
+        undo = {
+            u: Membership(entered=e, exited=x, live=live, held=held)
+            for u in failed_users & ahead.keys()
+            for e, x, live, held in [befores[u]]
+        }
+        self.ledger.save_memberships(audience_key, {u: s for u, s in saved.items() if u not in ahead} | undo)
         if not self.options.consent_required:
             return {}
         waiting = [u for u, s in saved.items() if s.is_in and u not in consents]
