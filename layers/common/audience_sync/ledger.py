@@ -64,26 +64,22 @@ class Ledger:
         give_up = self.clock() + wait_seconds
         while True:
             now = self.clock()
-            try:
-                self.dynamodb.put_item(
-                    TableName=self.table,
-                    Item={
-                        "pk": {"S": f"lock#{audience_key}"},
-                        "sk": {"S": "lock"},
-                        "owner": {"S": self.owner},
-                        "expires": {"N": str(int(now + self.lock_seconds))},
-                        "ttl": {"N": str(int(now + self.lock_seconds + 3600))},
-                    },
-                    ConditionExpression="attribute_not_exists(pk) OR #o = :me OR expires < :now",
-                    ExpressionAttributeNames={"#o": "owner"},
-                    ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": str(int(now))}},
-                )
+            take = partial(
+                self.dynamodb.put_item,
+                TableName=self.table,
+                Item={
+                    "pk": {"S": f"lock#{audience_key}"},
+                    "sk": {"S": "lock"},
+                    "owner": {"S": self.owner},
+                    "expires": {"N": str(int(now + self.lock_seconds))},
+                    "ttl": {"N": str(int(now + self.lock_seconds + 3600))},
+                },
+                ConditionExpression="attribute_not_exists(pk) OR #o = :me OR expires < :now",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": str(int(now))}},
+            )
+            if self._conditional("PutItem", take):
                 return True
-            except ClientError as error:
-                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise DependencyUnavailable(f"DynamoDB PutItem failed: {error.response['Error']['Code']}") from None
-            except BotoCoreError as error:
-                raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
             if self.clock() + LOCK_POLL_SECONDS > give_up:
                 return False
             time.sleep(LOCK_POLL_SECONDS)
@@ -194,25 +190,18 @@ class Ledger:
         return {user for user, raced in zip(user_list, self._pool.map(self._mark, user_list), strict=True) if raced}
 
     def _mark(self, user: str) -> bool:
-        try:
-            self.dynamodb.put_item(
-                TableName=self.table,
-                Item={
-                    "pk": {"S": user},
-                    "sk": {"S": CONSENT},
-                    "v": {"S": ""},
-                    "ok": {"BOOL": False},
-                    "p": {"BOOL": False},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return True
-            raise DependencyUnavailable(f"DynamoDB PutItem failed: {error.response['Error']['Code']}") from None
-        except BotoCoreError as error:
-            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
-        return False
+        """True when a consent item was there already (the marker is not written)."""
+        marker: dict[str, Any] = {
+            "pk": {"S": user},
+            "sk": {"S": CONSENT},
+            "v": {"S": ""},
+            "ok": {"BOOL": False},
+            "p": {"BOOL": False},
+        }
+        put = partial(
+            self.dynamodb.put_item, TableName=self.table, Item=marker, ConditionExpression="attribute_not_exists(pk)"
+        )
+        return not self._conditional("PutItem", put)
 
     def settle_consents(self, versions: dict[str, str]) -> None:
         """Clear `pending` where the consent is still that version (one conditional UpdateItem each, in
@@ -221,19 +210,15 @@ class Ledger:
 
     def _settle(self, user_version: tuple[str, str]) -> None:
         user, version = user_version
-        try:
-            self.dynamodb.update_item(
-                TableName=self.table,
-                Key={"pk": {"S": user}, "sk": {"S": CONSENT}},
-                UpdateExpression="SET p = :f",
-                ConditionExpression="v = :v",
-                ExpressionAttributeValues={":f": {"BOOL": False}, ":v": {"S": version}},
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":  # a newer one is pending
-                raise DependencyUnavailable(f"DynamoDB UpdateItem failed: {error.response['Error']['Code']}") from None
-        except BotoCoreError as error:
-            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
+        clear = partial(
+            self.dynamodb.update_item,
+            TableName=self.table,
+            Key={"pk": {"S": user}, "sk": {"S": CONSENT}},
+            UpdateExpression="SET p = :f",
+            ConditionExpression="v = :v",
+            ExpressionAttributeValues={":f": {"BOOL": False}, ":v": {"S": version}},
+        )
+        self._conditional("UpdateItem", clear)  # condition failed: a newer consent is pending, left as it is
 
     def _get(self, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
         key_list = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]
@@ -266,6 +251,20 @@ class Ledger:
                 return responses
             time.sleep(0.05 * 2**attempt)
         raise DependencyUnavailable(f"DynamoDB kept throttling {operation}")
+
+    @staticmethod
+    def _conditional(operation: str, call: Callable[[], Any]) -> bool:
+        """A conditional write: True when it was made, False when its condition did not hold."""
+        try:
+            call()
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code == "ConditionalCheckFailedException":
+                return False
+            raise DependencyUnavailable(f"DynamoDB {operation} failed: {code}") from None
+        except BotoCoreError as error:
+            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
+        return True
 
     @staticmethod
     def _dynamo(operation: str, call: Callable[[], Any]) -> Any:

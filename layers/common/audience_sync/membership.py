@@ -12,7 +12,7 @@ Pure rules, the same for any arrival order (see docs/design.md, "Per-user member
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from audience_sync.records import ADD, REMOVE, AudienceChange
 
@@ -68,9 +68,9 @@ class Membership:
                 ids[identifier] = max(ids.get(identifier, ""), version)
             self.held[id_type] = (at, ids)
 
-    def snapshot(self) -> tuple[str, str, bool, dict[str, tuple[int, dict[str, str]]]]:
-        """A copy of the whole state, to tell whether folding changed it."""
-        return self.entered, self.exited, self.live, {t: (at, dict(ids)) for t, (at, ids) in self.held.items()}
+    def copy(self) -> Membership:
+        """An independent copy (folding never changes it): equal to the state unless folding changed that."""
+        return replace(self, held={t: (at, dict(ids)) for t, (at, ids) in self.held.items()})
 
     def encode(self) -> str:
         """Compact JSON of the held identifiers (the ledger item's `ids`)."""

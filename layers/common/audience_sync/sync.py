@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.errors import (
@@ -19,7 +20,7 @@ from audience_sync.criteo.segments import SegmentDirectory
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
 from audience_sync.ledger import Consent, Ledger
-from audience_sync.membership import ByType, HeldIdentifiers, Membership, difference
+from audience_sync.membership import ByType, Membership, difference
 from audience_sync.observability import logger
 from audience_sync.plan import PatchPlan, plan_contact_list_patches
 from audience_sync.queue import QueueWriter
@@ -277,11 +278,10 @@ class AudienceSync:
         differences: dict[str, tuple[ByType, ByType]] = {}
         changed: dict[str, Membership] = {}
         new_members: set[str] = set()
-        befores: dict[str, tuple[str, str, bool, HeldIdentifiers]] = {}
+        befores: dict[str, Membership] = {}
         for user, items in users.items():
             state = states[user]
-            before, sent_before = state.snapshot(), state.sent()
-            befores[user] = before
+            befores[user], sent_before = state.copy(), state.sent()
             unknown = not (state.entered or state.exited)
             for item in sorted(items, key=lambda i: i.version):
                 state.apply(item.change, item.version)
@@ -293,10 +293,11 @@ class AudienceSync:
                 # their exit removes what it carries.
                 sent_before = carried_by_exits(items)
             resend = state.live and any(i.message_id in self.redelivered for i in items)
-            if state.snapshot() == before and not resend:
+            unchanged = state == befores[user]
+            if unchanged and not resend:
                 report.counts["stale_dropped"] += len(items)
                 continue
-            if state.snapshot() != before:
+            if not unchanged:
                 changed[user] = state
             if unknown:
                 new_members.add(user)
@@ -315,11 +316,7 @@ class AudienceSync:
                 failed_users |= plan.users
         saved = {u: s for u, s in changed.items() if u not in failed_users}
         # Written ahead but not sent: back to what they were, so their messages' next delivery sends them.
-        undo = {
-            u: Membership(entered=e, exited=x, live=live, held=held)
-            for u in failed_users & ahead.keys()
-            for e, x, live, held in [befores[u]]
-        }
+        undo = {u: befores[u] for u in failed_users & ahead.keys()}
         self.ledger.save_memberships(audience_key, {u: s for u, s in saved.items() if u not in ahead} | undo)
         if not self.options.consent_required:
             return {}
@@ -353,16 +350,18 @@ class AudienceSync:
         try:
             segment_id = self._segment_id(plan.audience_key, users)
             gum_caller_id = self.options.gum_caller_id if plan.identifier_type == GUM else None
+            patch = partial(
+                self.criteo.patch_contact_list,
+                operation=plan.operation,
+                identifier_type=plan.identifier_type,
+                identifiers=plan.identifiers,
+                gum_caller_id=gum_caller_id,
+            )
             try:
-                result = self.criteo.patch_contact_list(
-                    segment_id, plan.operation, plan.identifier_type, plan.identifiers, gum_caller_id=gum_caller_id
-                )
-            except SegmentGone:
+                result = patch(segment_id)
+            except SegmentGone:  # the cached id is gone: look it up (or create it) once more
                 self.directory.forget(self.options.name_prefix + plan.audience_key)
-                segment_id = self._segment_id(plan.audience_key, users)
-                result = self.criteo.patch_contact_list(
-                    segment_id, plan.operation, plan.identifier_type, plan.identifiers, gum_caller_id=gum_caller_id
-                )
+                result = patch(self._segment_id(plan.audience_key, users))
         except SegmentOwnedElsewhere as error:
             report.counts["segment_ownership_conflicts"] += 1
             logger.error("segment owned by another deployment", extra={"reason": str(error)})
