@@ -76,6 +76,13 @@ class LocalAws:
             "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
             "MAX_RECEIVE_COUNT": str(self.max_receive_count),
             "CRITEO_BASE_URL": criteo_url,
+            # Locally every batch is flushed to Criteo as soon as it is applied (the template waits 60 s), a
+            # scheduled invocation makes one pass, failed audiences are retried at once, and the emulator's
+            # budget is generous (the template's is 200 calls a minute; tests/test_flush.py covers it).
+            "FLUSH_INTERVAL_SECONDS": "0",
+            "FLUSH_SECONDS": "0",
+            "FLUSH_RETRY_SECONDS": "0",
+            "CRITEO_CALLS_PER_MINUTE": "60000",
             **powertools_env(),
         }
         env.update(overrides)

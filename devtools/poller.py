@@ -46,6 +46,10 @@ class PollStats:
     crashed: int = 0
 
 
+# What EventBridge Scheduler's minute schedule sends (the handler only checks that it is not an SQS batch).
+SCHEDULED_EVENT: dict[str, Any] = {"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}}
+
+
 class SqsPoller:
     """A local stand-in for the SQS → Lambda event source mapping."""
 
@@ -149,16 +153,33 @@ class SqsPoller:
         """Messages visible or in flight in the queue."""
         return queue_backlog(self.sqs, self.queue_url)
 
+    def scheduled(self) -> int | None:
+        """Invoke the handler as the minute schedule does; returns the audiences still waiting in the outbox
+        (None when the invocation did not flush: another held the flusher lease, or it crashed)."""
+        try:
+            result = self.handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=self.function_timeout_seconds))
+        except Exception:  # as in Lambda: the next schedule tries again
+            self.stats.crashed += 1
+            return None
+        waiting = (result or {}).get("outbox_audiences")
+        return None if waiting is None else int(waiting)
+
     def drain(self, max_seconds: float = 120.0) -> None:
-        """Poll until the queue is empty (retries included) or time runs out."""
+        """Poll until the queue is empty (retries included) and the outbox is flushed, or time runs out."""
         give_up = time.monotonic() + max_seconds
         while time.monotonic() < give_up:
             if self.poll_once() == 0 and self.backlog() == 0:
-                return
+                if self.scheduled() == 0:
+                    return
+                time.sleep(0.05)
         raise TimeoutError(f"queue not drained after {max_seconds}s ({self.backlog()} messages left)")
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set (for the long-running local stack)."""
+    def run(self, stop: threading.Event, schedule_seconds: float = 5.0) -> None:
+        """Poll until `stop` is set (for the long-running local stack), with a scheduled flush now and then."""
+        next_schedule = time.monotonic() + schedule_seconds
         while not stop.is_set():
+            if time.monotonic() >= next_schedule:
+                self.scheduled()
+                next_schedule = time.monotonic() + schedule_seconds
             if self.poll_once() == 0:
                 stop.wait(0.2)

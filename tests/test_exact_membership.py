@@ -7,6 +7,7 @@ identifiers are written out or computed from Criteo's documented rules with hash
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.lambda_runtime import FakeContext
 from devtools.local_aws import DEV_CRITEO, MotoServer
-from tests.conftest import Stack, make_stack
+from tests.conftest import AUDIENCE_PREFIX, Stack, make_stack
 from tests.segment_events import answer, audience_event, sha, signed
 
 MADID = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
@@ -303,7 +304,8 @@ def test_a_segment_another_deployment_owns_is_refused_until_adopted(
     messages = sqs.receive_message(QueueUrl=staging.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
     records = [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]
     result = staging.sync.handler({"Records": records}, FakeContext(timeout_seconds=10))
-    assert result["batchItemFailures"] == [{"itemIdentifier": messages[0]["MessageId"]}]  # comes back, not applied
+    assert result["batchItemFailures"] == []  # applied to staging's ledger; its outbox keeps the exit
+    assert staging.poller().scheduled() == 1  # the flush refuses the segment, again and again
     assert production.members("cart") == {sha("prod@example.com")}  # staging's exit did not touch production's member
     # Adopting it (e.g. after migrating from Segment's own destination) is an explicit setting.
     adopting = make_stack(moto_server, criteo, env={"DEPLOYMENT_ID": "staging", "ADOPT_SEGMENTS": "segment_cart"})
@@ -319,32 +321,48 @@ def test_a_segment_created_by_segments_own_destination_is_refused_with_a_clear_r
     sqs = stack.aws.client("sqs")
     messages = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
     records = [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]
-    assert stack.sync.handler({"Records": records}, FakeContext(timeout_seconds=10))["batchItemFailures"]
-    assert stack.members("cart") == set()
+    assert stack.sync.handler({"Records": records}, FakeContext(timeout_seconds=10))["batchItemFailures"] == []
+    assert stack.poller().scheduled() == 1 and stack.members("cart") == set()
     reasons = [getattr(r, "reason", "") for r in caplog.records if "owned by another deployment" in r.getMessage()]
     assert reasons and "ADOPT_SEGMENTS" in reasons[0]
 
 
-def test_a_withdrawal_whose_removal_failed_is_finished_by_the_next_consent_change(consent_stack: Stack) -> None:
+def hold_lease(stack: Stack, audience: str) -> None:
+    """Another (crashed) invocation's lease on an audience, for a minute."""
+    stack.aws.client("dynamodb").put_item(
+        TableName=stack.aws.ledger_table,
+        Item={
+            "pk": {"S": f"lock#{audience}"},
+            "sk": {"S": "lock"},
+            "owner": {"S": "someone-else"},
+            "expires": {"N": str(int(time.time()) + 60)},
+        },
+    )
+
+
+def test_a_withdrawal_whose_re_evaluation_failed_is_finished_by_the_next_consent_change(consent_stack: Stack) -> None:
     stack = consent_stack
     sync(stack, consented(enter("m1", "u1", email="a@example.com"), True))
     stack.invoke_ingest(signed(preference_update("m2", "u1", "2026-11-21T10:00:00Z", False)))
     sqs = stack.aws.client("sqs")
     [message] = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
-    stack.criteo.faults.down = True  # the removal PATCH fails; the withdrawal is stored, marked pending
+    hold_lease(stack, "cart")  # re-evaluating "cart" fails: the withdrawal is stored, marked pending
     result = stack.sync.handler({"Records": [{"messageId": "x", "body": message["Body"]}]}, FakeContext(8))
     assert result["batchItemFailures"] == [{"itemIdentifier": "x"}]
     sqs.delete_message(QueueUrl=stack.aws.queue_url, ReceiptHandle=message["ReceiptHandle"])  # e.g. parked
-    stack.criteo.faults.down = False
+    stack.aws.client("dynamodb").delete_item(
+        TableName=stack.aws.ledger_table, Key={"pk": {"S": "lock#cart"}, "sk": {"S": "lock"}}
+    )
     assert stack.members("cart") == {sha("a@example.com")}
     # A later consent event with the same answer changes nothing by itself, but the pending one is finished.
     sync(stack, preference_update("m3", "u1", "2026-11-21T11:00:00Z", False))
     assert stack.members("cart") == set()
 
 
-def test_adds_written_ahead_are_sent_again_when_their_message_comes_back(stack: Stack) -> None:
-    """The ledger records a user's new identifiers before the PATCH (so a sync that dies after Criteo took
-    them can't leave them unknown); a delivery that then fails comes back, and its adds are sent again."""
+def test_adds_are_queued_again_when_their_message_comes_back(stack: Stack) -> None:
+    """The ledger records a user's new identifiers before their outbox entry (so a sync that dies in between
+    can't leave them unknown); a message delivered again may come from such a sync, so its adds are queued
+    again even though the ledger already holds them."""
     stack.invoke_ingest(signed(enter("m1", "u1", email="a@example.com")))
     sqs = stack.aws.client("sqs")
     [message] = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
@@ -354,10 +372,10 @@ def test_adds_written_ahead_are_sent_again_when_their_message_comes_back(stack: 
         result: dict[str, Any] = stack.sync.handler({"Records": [record]}, FakeContext(8))
         return result
 
-    stack.criteo.faults.down = True
-    assert deliver(1)["batchItemFailures"] == [{"itemIdentifier": "x"}]
-    stack.criteo.faults.down = False
-    assert deliver(2)["batchItemFailures"] == []
+    assert deliver(1)["batchItemFailures"] == []
+    stack.criteo.delete_segment(AUDIENCE_PREFIX + "cart")  # as if the first delivery had died before its entry
+    assert deliver(1)["batchItemFailures"] == [] and stack.members("cart") == set()  # a duplicate: nothing new
+    assert deliver(2)["batchItemFailures"] == []  # delivered again: its adds go out again
     assert stack.members("cart") == {sha("a@example.com")}
     # A newer exit then takes out what the ledger wrote ahead, whatever Criteo had received.
     sync(stack, leave("m2", "u1"))

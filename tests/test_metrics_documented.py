@@ -23,11 +23,10 @@ def _readme_metrics(label: str) -> set[str]:
 
 
 def _emitted_by_sync() -> set[str]:
-    code = (LAYER / "sync.py").read_text() + (ROOT / "functions" / "sync" / "app.py").read_text()
-    names = set(re.findall(r'counts\["([a-z_]+)"\]', code))
+    code = (LAYER / "sync.py").read_text() + (LAYER / "flush.py").read_text()
+    names = set(re.findall(r'counts\["([a-z_]+)"\]', code)) | set(re.findall(r'"(outbox_[a-z_]+)"', code))
     names |= set(re.findall(r'"([a-z_]+)" if plan.operation == ADD else "([a-z_]+)"', code)[0])
-    handler = code[code.index("counts = {") : code.index("metrics.add_metric")]
-    names |= set(re.findall(r'"([a-z_]+)": ', handler)) | set(re.findall(r"(\w+)=len\(", handler))
+    names |= set(re.findall(r'"([a-z_]+)": ', (ROOT / "functions" / "sync" / "app.py").read_text()))
     return names
 
 

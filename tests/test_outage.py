@@ -15,7 +15,6 @@ from audience_sync.records import AudienceChange, pack_changes
 from devtools.aws_outage import AwsOutageProxy
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import MotoServer
-from devtools.redrive import redrive, sqs_client
 from tests.conftest import Stack, make_stack
 from tests.segment_events import answer, audience_event, sha, signed, user_hash
 
@@ -34,7 +33,7 @@ def dead_letters(stack: Stack) -> Iterator[tuple[str, str]]:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def test_long_criteo_outage_dead_letters_then_redrive_restores_exact_state(
+def test_a_long_criteo_outage_keeps_every_change_in_the_outbox_until_criteo_is_back(
     moto_server: MotoServer, criteo: CriteoEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack = make_stack(moto_server, criteo, max_receive_count=2)
@@ -42,23 +41,20 @@ def test_long_criteo_outage_dead_letters_then_redrive_restores_exact_state(
     events += [audience_event("out3", "aud1", False, email="user3@example.com", timestamp="2026-11-20T11:00:00Z")]
     assert answer(stack.invoke_ingest(signed(events)))[0] == 200
     criteo.faults.down = True
-    stack.poller(function_timeout_seconds=6).drain(max_seconds=90)  # every delivery fails; the last one parks it
-    assert stack.queue_length(stack.aws.queue_url) == 0
-    assert stack.queue_length(stack.aws.dead_letter_queue_url) == 1
+    poller = stack.poller(function_timeout_seconds=6)
+    poller.poll_once()
+    for _ in range(3):  # the minute schedule, while Criteo stays down
+        assert poller.scheduled() == 2
+    assert stack.queue_length(stack.aws.queue_url) == 0  # nothing bounces through SQS
+    assert stack.queue_length(stack.aws.dead_letter_queue_url) == 0  # nor ends parked
     assert criteo.segments() == {}
     reasons = [getattr(r, "reason", "") for r in caplog.records if r.getMessage().startswith("Criteo call failed")]
     assert reasons and all("Criteo unavailable (HTTP 503)" in reason for reason in reasons)  # the why, in the logs
 
     criteo.faults.down = False
-    result = redrive(sqs_client(moto_server.endpoint), stack.aws.dead_letter_queue_url, stack.aws.queue_url)
-    assert (result.method, result.moved) == ("manual", 1)  # moto has no StartMessageMoveTask
-    # Parked by the sync function on its last allowed delivery, so the DLQ message says why.
-    [(reason, count)] = result.reasons.items()
-    assert count == 1 and reason.startswith("still failing after 2 deliveries: Criteo unavailable (HTTP 503)")
-    stack.poller().drain()
+    assert poller.scheduled() == 0
     assert stack.members("aud0") == {sha(f"user{i}@example.com") for i in range(0, 40, 2)}
     assert stack.members("aud1") == {sha(f"user{i}@example.com") for i in range(1, 40, 2)} - {sha("user3@example.com")}
-    assert stack.queue_length(stack.aws.dead_letter_queue_url) == 0
 
 
 def test_redrive_command_line_moves_messages_back(moto_server: MotoServer, criteo: CriteoEmulator) -> None:
@@ -94,9 +90,8 @@ def test_poison_records_are_reported_and_do_not_block_other_audiences(
         assert stack.members(audience) == {sha(f"u{i}@example.com") for i in range(30) if f"aud{i % 3}" == audience}
     parked = dict(dead_letters(stack))
     assert sorted(parked) == ["Criteo answered 400 invalid-request", "undecodable message"]
-    assert json.loads(parked["Criteo answered 400 invalid-request"])["r"] == [
-        list(poison)
-    ]  # not its message's neighbours
+    refused = json.loads(parked["Criteo answered 400 invalid-request"])["p"]
+    assert refused == ["aud0", "", "add", "notAType", ["whatever"]]  # only its PATCH, not its neighbours
     assert "records sent to the dead-letter queue" in capsys.readouterr().out + caplog.text
 
 

@@ -1,16 +1,24 @@
-"""Pure planning and records: per-user differences grouped per (op, type), 50,000 per PATCH, never empty."""
+"""Pure planning and records: outbox entries, netting, PATCHes of ≤50,000 per (op, type), never empty."""
 
 from __future__ import annotations
 
-from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, plan_contact_list_patches
-from audience_sync.records import AudienceChange, PoisonMessage, pack_changes, unpack_changes
+from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, Entry, net, outbox_entry, patches, remainder
+from audience_sync.records import (
+    AudienceChange,
+    Parked,
+    PoisonMessage,
+    pack_changes,
+    pack_parked,
+    unpack,
+    unpack_changes,
+)
 
 
 def test_groups_by_operation_and_type_chunks_at_50k_and_removes_go_first() -> None:
     differences = {f"u{i}": ({"email": {f"e{i}"}}, {}) for i in range(120_000)}
     differences.update({f"d{i}": ({"madid": {f"d{i}"}}, {}) for i in range(5)})
     differences.update({f"r{i}": ({}, {"email": {f"r{i}"}}) for i in range(10)})
-    plans = plan_contact_list_patches("big", differences)
+    plans = patches("big", outbox_entry(differences))
     assert [(p.operation, p.identifier_type, len(p.identifiers)) for p in plans] == [
         ("remove", "email", 10),
         ("add", "email", MAX_IDENTIFIERS_PER_PATCH),
@@ -18,12 +26,47 @@ def test_groups_by_operation_and_type_chunks_at_50k_and_removes_go_first() -> No
         ("add", "email", 20_000),
         ("add", "madid", 5),
     ]
-    assert plan_contact_list_patches("a", {}) == []
+    assert [p.full for p in plans] == [False, True, True, False, False]
+    assert patches("a", outbox_entry({})) == [] and not outbox_entry({})
 
 
-def test_an_identifier_two_users_share_is_sent_once_and_both_users_depend_on_the_call() -> None:
-    [plan] = plan_contact_list_patches("a", {"u1": ({"email": {"x", "y"}}, {}), "u2": ({"email": {"x"}}, {})})
-    assert sorted(plan.identifiers) == ["x", "y"] and plan.users == {"u1", "u2"}
+def test_an_identifier_two_users_share_is_sent_once() -> None:
+    [plan] = patches("a", outbox_entry({"u1": ({"email": {"x", "y"}}, {}), "u2": ({"email": {"x"}}, {})}))
+    assert plan.identifiers == ["x", "y"]
+
+
+def test_netting_keeps_each_identifiers_last_operation() -> None:
+    entries = [
+        Entry({}, {"email": {"a", "b", "c"}}),
+        Entry({"email": {"b", "d"}}, {}),  # b added then removed; d only removed
+        Entry({"email": {"c"}}, {"email": {"c", "e"}}),  # c removed then added back in one batch
+        Entry({"email": {"f"}}, {}),
+        Entry({}, {"email": {"f"}}),
+    ]
+    assert net(entries) == Entry({"email": {"b", "d"}}, {"email": {"a", "c", "e", "f"}})
+
+
+def test_a_precautionary_remove_then_an_add_ends_added() -> None:
+    # The exit of a user the ledger never saw removes what it carries (Criteo may not have it), then the
+    # user enters: inferring "Criteo had it" from the first operation would never add it.
+    assert net([Entry({"email": {"x"}}, {}), Entry({}, {"email": {"x"}})]) == Entry({}, {"email": {"x"}})
+
+
+def test_the_remainder_of_unsent_patches_nets_like_the_entries_it_replaces() -> None:
+    entry = Entry({"email": {"r"}}, {"email": {"a", "b"}, "madid": {"m"}})
+    plans = patches("a", entry)
+    assert remainder(plans[1:]) == Entry({}, {"email": {"a", "b"}, "madid": {"m"}})
+    assert net([remainder(plans)]) == entry
+
+
+def test_a_parked_patch_round_trips_and_is_not_records() -> None:
+    parked = Parked("aud", "Name", "remove", "email", ["x" * 64])
+    assert unpack(pack_parked(parked)) == parked
+    try:
+        unpack_changes(pack_parked(parked))
+    except PoisonMessage:
+        return
+    raise AssertionError("a parked PATCH decoded as records")
 
 
 def test_pack_and_unpack_round_trip_within_size() -> None:
@@ -47,9 +90,11 @@ def test_unpack_rejects_poison() -> None:
         '{"v":2,"r":[["a","","add","u",1,"m",{"email":"x"}]]}',
         '{"v":2,"r":[["a","","add","",1,"m",{}]]}',
         '{"v":2,"r":[["a","","grant","u",1,"m",{}]]}',  # consent is for every audience: no audience key
+        '{"v":2,"p":["a","","upsert","email",["x"]]}',
+        '{"v":2,"p":["a","","add","email",[""]]}',
     ):
         try:
-            unpack_changes(body)
+            unpack(body)
         except PoisonMessage:
             continue
         raise AssertionError(f"accepted {body!r}")

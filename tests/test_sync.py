@@ -121,14 +121,20 @@ def test_shuffled_duplicated_split_stream_with_faults_ends_exact(stack: Stack) -
     assert stack.queued_bodies(stack.aws.dead_letter_queue_url) == []
 
 
-def test_criteo_validation_error_parks_records_in_dlq_with_reason(stack: Stack) -> None:
+def test_a_patch_criteo_refuses_is_parked_with_its_reason_and_a_redrive_sends_it(stack: Stack) -> None:
+    enqueue(stack, [change("a", "add", "first@example.com", 1000, "m0")])
+    stack.poller().drain()
     stack.criteo.faults.fail_next = [400]
     enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
     stack.poller().drain()
-    parked = stack.queued_bodies(stack.aws.dead_letter_queue_url)
-    assert len(parked) == 1
-    assert "400" in parked[0]["attributes"]["reason"]["StringValue"]
-    assert parked[0]["body"]["r"][0][6] == {"email": [sha("u@example.com")]}
+    assert stack.members("a") == {sha("first@example.com")}
+    [parked] = stack.queued_bodies(stack.aws.dead_letter_queue_url)
+    assert "400" in parked["attributes"]["reason"]["StringValue"]
+    assert parked["body"]["p"] == ["a", "", "add", "email", [sha("u@example.com")]]
+    # Moved back to the queue (what `make redrive` does), it goes into the outbox again and reaches Criteo.
+    stack.aws.client("sqs").send_message(QueueUrl=stack.aws.queue_url, MessageBody=json.dumps(parked["body"]))
+    stack.poller().drain()
+    assert stack.members("a") == {sha("first@example.com"), sha("u@example.com")}
 
 
 def test_poison_message_goes_to_dlq_and_the_rest_syncs(stack: Stack) -> None:
@@ -144,21 +150,17 @@ def test_poison_message_goes_to_dlq_and_the_rest_syncs(stack: Stack) -> None:
     assert "undecodable" in parked[0]["MessageAttributes"]["reason"]["StringValue"]
 
 
-def test_outage_returns_only_failed_messages_and_retries_later(stack: Stack) -> None:
+def test_a_criteo_outage_keeps_changes_in_the_outbox_and_sends_them_when_back(stack: Stack) -> None:
     enqueue(stack, [change("a", "add", "u1@example.com", 1000, "m1")])
     stack.poller().drain()
     stack.criteo.faults.down = True
     enqueue(stack, [change("a", "add", "u2@example.com", 1000, "m2")])
-    sqs = stack.aws.client("sqs")
-    messages = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
-    event = {"Records": [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]}
-    result = stack.sync.handler(event, FakeContext(timeout_seconds=8))
-    assert result == {"batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]}
+    poller = stack.poller(function_timeout_seconds=8)
+    poller.poll_once()
+    assert poller.stats.failed == 0 and poller.backlog() == 0  # applied and queued in the outbox: SQS is done
+    assert poller.scheduled() == 1  # still waiting while Criteo is down
     stack.criteo.faults.down = False
-    sqs.change_message_visibility(
-        QueueUrl=stack.aws.queue_url, ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
-    )
-    stack.poller().drain()
+    assert poller.scheduled() == 0
     assert stack.members("a") == {sha("u1@example.com"), sha("u2@example.com")}
 
 
@@ -180,11 +182,9 @@ def test_invalid_client_is_a_configuration_error_not_a_crash(moto_server, criteo
         criteo_credentials={"client_id": "x", "client_secret": "s3cr3t-value", "advertiser_id": "12345"},
     )
     enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
-    sqs = stack.aws.client("sqs")
-    messages = sqs.receive_message(QueueUrl=stack.aws.queue_url, MaxNumberOfMessages=10)["Messages"]
-    event = {"Records": [{"messageId": m["MessageId"], "body": m["Body"]} for m in messages]}
-    result = stack.sync.handler(event, FakeContext(timeout_seconds=10))
-    assert result["batchItemFailures"] == [{"itemIdentifier": messages[0]["MessageId"]}]
+    poller = stack.poller(function_timeout_seconds=10)
+    poller.poll_once()
+    assert poller.stats.failed == 0 and poller.scheduled() == 1  # the change waits for valid credentials
     output = capsys.readouterr().out + caplog.text
     assert '"criteo_credentials_errors":[1.0]' in output and "Criteo credentials rejected" in output
     assert "s3cr3t-value" not in output
@@ -202,49 +202,43 @@ def test_invalid_identifiers_are_counted_not_retried(stack: Stack, capsys: pytes
     assert "definitely not valid" not in json.dumps(metrics)
 
 
-def test_incomplete_criteo_secret_hands_back_then_parks_with_the_reason_on_the_last_delivery(
-    moto_server,
-    criteo,  # type: ignore[no-untyped-def]
-) -> None:
-    stack = make_stack(moto_server, criteo, max_receive_count=2, criteo_credentials={"client_id": "only-this"})
+def test_an_incomplete_criteo_secret_keeps_changes_waiting_and_says_so(moto_server, criteo, capsys) -> None:  # type: ignore[no-untyped-def]
+    stack = make_stack(moto_server, criteo, criteo_credentials={"client_id": "only-this"})
     enqueue(stack, [change("a", "add", "u@example.com", 1000, "m1")])
-    sqs = stack.aws.client("sqs")
-
-    def deliver() -> tuple[str, dict[str, Any]]:
-        [message] = sqs.receive_message(
-            QueueUrl=stack.aws.queue_url, AttributeNames=["All"], VisibilityTimeout=0, MaxNumberOfMessages=1
-        )["Messages"]
-        record = {"messageId": message["MessageId"], "body": message["Body"], "attributes": message["Attributes"]}
-        return message["MessageId"], stack.sync.handler({"Records": [record]}, FakeContext(timeout_seconds=10))
-
-    message_id, first = deliver()
-    assert first["batchItemFailures"] == [{"itemIdentifier": message_id}]  # delivery 1 of 2: back to SQS
-    _, last = deliver()
-    assert last["batchItemFailures"] == []  # delivery 2 of 2: parked by us, with the reason
-    [parked] = stack.queued_bodies(stack.aws.dead_letter_queue_url)
-    reason = parked["attributes"]["reason"]["StringValue"]
-    assert reason == "still failing after 2 deliveries: the Criteo secret is unreadable or incomplete"
-    assert parked["body"]["r"][0][6] == {"email": [sha("u@example.com")]}
-    assert stack.criteo.count("token") == 0
+    poller = stack.poller(function_timeout_seconds=10)
+    poller.poll_once()
+    assert poller.stats.failed == 0 and poller.scheduled() == 1
+    assert '"criteo_credentials_errors":[1.0]' in capsys.readouterr().out
+    assert stack.criteo.count("token") == 0 and stack.queued_bodies(stack.aws.dead_letter_queue_url) == []
 
 
-class OnePatchContext(FakeContext):
-    """A Lambda context whose time runs out once Criteo has received one more PATCH."""
+class OneAudienceContext(FakeContext):
+    """A Lambda context whose time runs out once one more audience has something in the outbox."""
 
-    def __init__(self, criteo: Any) -> None:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.waiting = self._waiting()
         super().__init__(timeout_seconds=60)
-        self.criteo, self.patches = criteo, criteo.count("patch")
+
+    def _waiting(self) -> int:
+        table = self.stack.aws.ledger_table
+        return int(self.stack.aws.client("dynamodb").query(
+            TableName=table, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "outbox"}}
+        )["Count"])
 
     def get_remaining_time_in_millis(self) -> int:
-        return 60_000 if self.criteo.count("patch") == self.patches else 1_000
+        return 60_000 if self._waiting() == self.waiting else 1_000
 
 
 def test_an_audience_left_out_when_time_ran_out_goes_first_next_time(stack: Stack) -> None:
+    poller = stack.poller()
+
     def deliver(changes: list[AudienceChange], earlier: list[str]) -> list[str]:
         body = next(pack_changes(changes))
         records = [{"messageId": f"m{i}", "body": b} for i, b in enumerate([*earlier, body])]
-        result = stack.sync.handler({"Records": records}, OnePatchContext(stack.criteo))
+        result = stack.sync.handler({"Records": records}, OneAudienceContext(stack))
         assert result["batchItemFailures"], "time ran out: something comes back"
+        assert poller.scheduled() == 0
         return [*earlier, body]
 
     # Every delivery brings new work for "a"; in a fixed order "b" (after "a") would never get its turn.

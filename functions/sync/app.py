@@ -1,7 +1,9 @@
-"""Sync Lambda: SQS batches of audience changes → Criteo contact lists (partial batch failures)."""
+"""Sync Lambda: SQS batches of audience changes → ledger and outbox (partial batch failures), then a flush of
+what is ready; the schedule's invocations (every minute) only flush, for as long as anything waits."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import boto3
@@ -10,31 +12,40 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from audience_sync.budget import CallBudget
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
 from audience_sync.criteo.client import CriteoClient
-from audience_sync.ledger import PARALLEL_CALLS, Ledger
+from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
+from audience_sync.ledger import Ledger
 from audience_sync.observability import client_config, logger, metrics
+from audience_sync.outbox import Outbox
 from audience_sync.queue import QueueWriter
-from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions, SyncReport, park_exhausted
+from audience_sync.sync import SAFETY_SECONDS, AudienceSync, DeadLetters, SyncOptions, park_exhausted
+from audience_sync.table import PARALLEL_CALLS
 
 settings = SyncSettings.from_env()
-# One HTTP session (connection pool) and AWS clients per container, reused by every invocation. The ledger's
+# One HTTP session (connection pool) and AWS clients per container, reused by every invocation. The table's
 # client has a connection per thread of its pool; every client gives up well inside the 300 s timeout.
 session = requests.Session()
 aws_config = client_config(read_timeout=10, attempts=3)
 secrets = parameters.SecretsProvider(boto_config=aws_config)
-ledger = Ledger(
-    boto3.client("dynamodb", config=client_config(read_timeout=10, attempts=3, pool=PARALLEL_CALLS)),
-    settings.ledger_table,
-    settings.lock_seconds,
-)
+dynamodb = boto3.client("dynamodb", config=client_config(read_timeout=10, attempts=3, pool=PARALLEL_CALLS))
+ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
+outbox = Outbox(dynamodb, settings.ledger_table)
+budget = CallBudget(dynamodb, settings.ledger_table, settings.criteo_calls_per_minute)
 options = SyncOptions(
     name_prefix=settings.audience_name_prefix,
     deployment=settings.deployment_id,
     adopt_segments=settings.adopt_segments,
     consent_required=settings.consent_required,
     gum_caller_id=settings.gum_caller_id,
+)
+policy = FlushPolicy(
+    interval_seconds=settings.flush_interval_seconds,
+    quiet_seconds=settings.flush_quiet_seconds,
+    calls_per_minute=settings.criteo_calls_per_minute,
+    retry_seconds=settings.flush_retry_seconds,
 )
 dead_letters = DeadLetters(QueueWriter(boto3.client("sqs", config=aws_config), settings.dead_letter_queue_url))
 
@@ -56,35 +67,70 @@ def load_credentials() -> CriteoCredentials | None:
         return None
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Apply one SQS batch; only the messages that could not be finished come back."""
-    records = event.get("Records", [])
-    messages = [(record["messageId"], record["body"]) for record in records]
-    receive_counts = {r["messageId"]: int(r.get("attributes", {}).get("ApproximateReceiveCount", 0)) for r in records}
+def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int]:
+    """Flush what is ready, under the flusher lease (skipped when another invocation holds it); with
+    `keep_flushing_seconds`, keep looking while anything waits. Returns the counts for metrics."""
 
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
 
-    credentials = load_credentials()
-    counts: dict[str, int] = {}
-    if credentials is None:
-        report = SyncReport()
-        report.counts["criteo_credentials_errors"] = 1
-        report.hand_back((message_id for message_id, _ in messages), "the Criteo secret is unreadable or incomplete")
-    else:
+    stop_at = time.monotonic() + keep_flushing_seconds
+    if seconds_left() < SAFETY_SECONDS or not ledger.acquire_flusher():
+        return {}
+    try:
+        credentials = load_credentials()
+        if credentials is None:
+            return {"criteo_credentials_errors": 1, "outbox_audiences": len(outbox.waiting())}
         criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
-        report = AudienceSync(criteo, ledger, dead_letters, options, seconds_left).run(messages, receive_counts)
-        counts = {
-            "criteo_calls": criteo.stats.total_calls,
-            "criteo_retries": criteo.stats.retries,
-            "criteo_throttles": criteo.stats.throttles,
-            "token_fetches": criteo.stats.calls.get("token", 0),
-        }
+        flusher = Flusher(criteo, outbox, budget, dead_letters, options, policy, seconds_left)
+        report: FlushReport = run_flushes(
+            flusher,
+            settings.flush_poll_seconds,
+            lambda: time.monotonic() + settings.flush_poll_seconds < stop_at
+            and seconds_left() > settings.flush_poll_seconds + 2 * SAFETY_SECONDS,
+        )
+    finally:
+        ledger.release_flusher()
+    return {
+        **report.counts,
+        **report.gauges,
+        "criteo_calls": criteo.stats.total_calls,
+        "criteo_retries": criteo.stats.retries,
+        "criteo_throttles": criteo.stats.throttles,
+        "token_fetches": criteo.stats.calls.get("token", 0),
+    }
+
+
+def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any], dict[str, int]]:
+    """Apply one SQS batch to the ledger and the outbox; only the messages not finished come back."""
+    records = event["Records"]
+    messages = [(record["messageId"], record["body"]) for record in records]
+    attributes = {r["messageId"]: r.get("attributes", {}) for r in records}
+    receive_counts = {m: int(a.get("ApproximateReceiveCount", 0)) for m, a in attributes.items()}
+    queued = {m: int(a["SentTimestamp"]) / 1000.0 for m, a in attributes.items() if "SentTimestamp" in a}
+
+    def seconds_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000.0
+
+    report = AudienceSync(ledger, outbox, dead_letters, options, seconds_left).run(messages, receive_counts, queued)
     park_exhausted(report, dead_letters, dict(messages), receive_counts, settings.max_receive_count)
-    counts.update(report.counts, messages_in=len(messages), failed_messages=len(report.failed))
+    counts = {**report.counts, "messages_in": len(messages), "failed_messages": len(report.failed)}
+    answer = {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed)]}
+    return answer, counts
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """An SQS batch: apply it, then one flush pass. The schedule (or anything else): flush for a while, and
+    answer with what still waits (`outbox_audiences`; absent when another invocation held the flusher lease)."""
+    if "Records" in event:
+        answer, counts = apply(event, context)
+        counts.update(flush(context, keep_flushing_seconds=0))
+    else:
+        counts = flush(context, keep_flushing_seconds=settings.flush_seconds)
+        answer = {key: counts[key] for key in ("outbox_audiences",) if key in counts}
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    logger.info("batch synced", extra=counts)
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed)]}
+    logger.info("batch synced" if "Records" in event else "outbox flushed", extra=counts)
+    return answer

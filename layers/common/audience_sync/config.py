@@ -126,6 +126,12 @@ class SyncSettings:
     secret_max_age_seconds: int = 300
     lock_seconds: int = 360  # the function's 300 s timeout plus a margin: a crashed holder's lease expires
     max_receive_count: int = 0  # the queue's maxReceiveCount: on that delivery a failing message is parked by us
+    flush_interval_seconds: int = 60  # L: how long changes wait for others to share their Criteo calls
+    flush_quiet_seconds: int = 15  # an audience without a change for this long has finished its burst
+    criteo_calls_per_minute: int = 200  # the budget every invocation shares (Criteo limits per app)
+    flush_seconds: int = 50  # a scheduled invocation keeps flushing this long (the schedule starts one a minute)
+    flush_poll_seconds: int = 5  # meanwhile it looks at the outbox this often
+    flush_retry_seconds: int = 5  # an audience whose call failed waits this, doubled per failure (≤ 300 s)
 
     VARIABLES = (
         "CRITEO_SECRET_ARN",
@@ -141,6 +147,12 @@ class SyncSettings:
         "SECRET_MAX_AGE_SECONDS",
         "AUDIENCE_LOCK_SECONDS",
         "MAX_RECEIVE_COUNT",
+        "FLUSH_INTERVAL_SECONDS",
+        "FLUSH_QUIET_SECONDS",
+        "CRITEO_CALLS_PER_MINUTE",
+        "FLUSH_SECONDS",
+        "FLUSH_POLL_SECONDS",
+        "FLUSH_RETRY_SECONDS",
     )
 
     @classmethod
@@ -162,4 +174,10 @@ class SyncSettings:
             secret_max_age_seconds=env.number("SECRET_MAX_AGE_SECONDS", cls.secret_max_age_seconds),
             lock_seconds=env.number("AUDIENCE_LOCK_SECONDS", cls.lock_seconds, minimum=1),
             max_receive_count=env.number("MAX_RECEIVE_COUNT", cls.max_receive_count),
+            flush_interval_seconds=env.number("FLUSH_INTERVAL_SECONDS", cls.flush_interval_seconds),
+            flush_quiet_seconds=env.number("FLUSH_QUIET_SECONDS", cls.flush_quiet_seconds),
+            criteo_calls_per_minute=env.number("CRITEO_CALLS_PER_MINUTE", cls.criteo_calls_per_minute, minimum=1),
+            flush_seconds=env.number("FLUSH_SECONDS", cls.flush_seconds),
+            flush_poll_seconds=env.number("FLUSH_POLL_SECONDS", cls.flush_poll_seconds, minimum=1),
+            flush_retry_seconds=env.number("FLUSH_RETRY_SECONDS", cls.flush_retry_seconds),
         )

@@ -1,9 +1,10 @@
-"""The membership ledger in DynamoDB: per (user, audience) what Criteo holds, per user their consent,
-and a lease per audience.
+"""The membership ledger in DynamoDB: per (user, audience) what Criteo holds (or will hold once the
+audience's outbox is flushed), per user their consent, and the leases.
 
 Items (`pk`, `sk`): (user, `a#<audience>`) a Membership (newest enter `e` and exit `x` versions, the held
-identifiers `ids` as sent to Criteo, `live`); (user, `c#`) the newest consent (`v`, `ok`); (`lock#<audience>`,
-`lock`) the lease that keeps two sync invocations from interleaving PATCHes for one audience. Users are
+identifiers `ids`, `live`); (user, `c#`) the newest consent (`v`, `ok`); (`lock#<audience>`, `lock`) the lease
+that keeps two sync invocations from interleaving one audience's changes, with a sequence number `seq` that
+orders its outbox entries; (`flusher`, `lock`) the lease of the one flush running. Users are
 hashes (see segment.user_key), so no user id is stored in clear; keying by user answers "which audiences is
 this user in" with one Query. See docs/design.md for the model and its cost.
 """
@@ -14,26 +15,22 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audience_sync.errors import DependencyUnavailable
 from audience_sync.membership import Membership
+from audience_sync.table import Table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-BATCH_GET_KEYS = 100
-BATCH_WRITE_ITEMS = 25
 # A user who left keeps their versions past SQS's longest retention (14 days), so any redelivery finds them.
 LEFT_TTL_SECONDS = 15 * 24 * 3600
 LOCK_POLL_SECONDS = 0.25
-UNPROCESSED_ATTEMPTS = 8
-# Batch calls run in parallel: 100k users are 1,000 reads and 4,000 writes, too slow one after another.
-PARALLEL_CALLS = 16
+LEASE_KEPT_SECONDS = 3600  # a lease item outlives its holder by an hour (`last_synced`), then expires
+FLUSHER_LEASE = "flusher"
 MEMBER = "a#"
 CONSENT = "c#"
 
@@ -46,51 +43,66 @@ class Consent(NamedTuple):
     pending: bool = False
 
 
-class Ledger:
-    """The DynamoDB table (`pk`, `sk`, `ttl`) behind the membership ledger."""
+class Ledger(Table):
+    """The membership ledger's items and the leases."""
 
     def __init__(
         self, dynamodb: DynamoDBClient, table: str, lock_seconds: int, clock: Callable[[], float] = time.time
     ) -> None:
-        self.dynamodb = dynamodb
-        self.table = table
+        super().__init__(dynamodb, table, clock)
         self.lock_seconds = lock_seconds
-        self.clock = clock
         self.owner = uuid.uuid4().hex
-        self._pool = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="ledger")
 
-    def acquire(self, audience_key: str, wait_seconds: float) -> bool:
-        """Take the audience's lease, waiting up to `wait_seconds` for another holder to finish."""
+    def acquire(self, audience_key: str, wait_seconds: float) -> int | None:
+        """Take the audience's lease, waiting up to `wait_seconds` for another holder to finish; returns the
+        lease's sequence number (one more at every taking: it orders the audience's outbox entries), or None."""
+        return self._lease(f"lock#{audience_key}", wait_seconds)
+
+    def acquire_flusher(self) -> bool:
+        """Take the one flusher lease without waiting (one flush at a time, whichever invocation runs it)."""
+        return self._lease(FLUSHER_LEASE, 0.0) is not None
+
+    def release(self, audience_key: str) -> None:
+        """Give the audience's lease back and note when it was synced."""
+        self._release(f"lock#{audience_key}")
+
+    def release_flusher(self) -> None:
+        """Give the flusher lease back."""
+        self._release(FLUSHER_LEASE)
+
+    def _lease(self, pk: str, wait_seconds: float) -> int | None:
         give_up = self.clock() + wait_seconds
         while True:
             now = self.clock()
             take = partial(
-                self.dynamodb.put_item,
+                self.dynamodb.update_item,
                 TableName=self.table,
-                Item={
-                    "pk": {"S": f"lock#{audience_key}"},
-                    "sk": {"S": "lock"},
-                    "owner": {"S": self.owner},
-                    "expires": {"N": str(int(now + self.lock_seconds))},
-                    "ttl": {"N": str(int(now + self.lock_seconds + 3600))},
-                },
+                Key={"pk": {"S": pk}, "sk": {"S": "lock"}},
+                UpdateExpression="SET #o = :me, expires = :until, #t = :ttl ADD seq :one",
                 ConditionExpression="attribute_not_exists(pk) OR #o = :me OR expires < :now",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": self.owner}, ":now": {"N": str(int(now))}},
+                ExpressionAttributeNames={"#o": "owner", "#t": "ttl"},
+                ExpressionAttributeValues={
+                    ":me": {"S": self.owner},
+                    ":now": {"N": str(int(now))},
+                    ":until": {"N": str(int(now + self.lock_seconds))},
+                    ":ttl": {"N": str(int(now + LEASE_KEPT_SECONDS))},
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="UPDATED_NEW",
             )
-            if self._conditional("PutItem", take):
-                return True
+            taken = self._conditional("UpdateItem", take)
+            if taken is not None:
+                return int(taken.get("Attributes", {}).get("seq", {}).get("N", "0"))
             if self.clock() + LOCK_POLL_SECONDS > give_up:
-                return False
+                return None
             time.sleep(LOCK_POLL_SECONDS)
 
-    def release(self, audience_key: str) -> None:
-        """Give the lease back (only if still ours) and note when the audience was synced; an expired lease
-        needs no release."""
+    def _release(self, pk: str) -> None:
+        """Only if still ours; an expired lease needs no release."""
         with contextlib.suppress(ClientError, BotoCoreError):  # the lease expires on its own anyway
             self.dynamodb.update_item(
                 TableName=self.table,
-                Key={"pk": {"S": f"lock#{audience_key}"}, "sk": {"S": "lock"}},
+                Key={"pk": {"S": pk}, "sk": {"S": "lock"}},
                 UpdateExpression="SET expires = :zero, synced = :now",
                 ConditionExpression="#o = :me",
                 ExpressionAttributeNames={"#o": "owner"},
@@ -132,20 +144,7 @@ class Ledger:
 
     def audiences_of(self, user: str) -> list[str]:
         """Every audience the ledger holds the user in or out of (one Query, strongly consistent)."""
-        audiences: list[str] = []
-        arguments: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :u AND begins_with(sk, :a)",
-            "ExpressionAttributeValues": {":u": {"S": user}, ":a": {"S": MEMBER}},
-            "ProjectionExpression": "sk",
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self._dynamo("Query", partial(self.dynamodb.query, **arguments))
-            audiences.extend(item["sk"]["S"][len(MEMBER) :] for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return audiences
-            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return [item["sk"]["S"][len(MEMBER) :] for item in self._query(user, MEMBER, projection="sk")]
 
     def save_memberships(self, audience_key: str, memberships: dict[str, Membership]) -> None:
         """Write memberships just applied; a user who is out expires after LEFT_TTL_SECONDS."""
@@ -201,7 +200,7 @@ class Ledger:
         put = partial(
             self.dynamodb.put_item, TableName=self.table, Item=marker, ConditionExpression="attribute_not_exists(pk)"
         )
-        return not self._conditional("PutItem", put)
+        return self._conditional("PutItem", put) is None
 
     def settle_consents(self, versions: dict[str, str]) -> None:
         """Clear `pending` where the consent is still that version (one conditional UpdateItem each, in
@@ -219,56 +218,3 @@ class Ledger:
             ExpressionAttributeValues={":f": {"BOOL": False}, ":v": {"S": version}},
         )
         self._conditional("UpdateItem", clear)  # condition failed: a newer consent is pending, left as it is
-
-    def _get(self, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
-        key_list = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]
-        requests = [
-            {self.table: {"Keys": key_list[start : start + BATCH_GET_KEYS], "ConsistentRead": True}}
-            for start in range(0, len(key_list), BATCH_GET_KEYS)
-        ]
-        found: list[dict[str, Any]] = []
-        for responses in self._pool.map(partial(self._until_processed, "BatchGetItem", "UnprocessedKeys"), requests):
-            for response in responses:
-                found.extend(response.get("Responses", {}).get(self.table, []))
-        return found
-
-    def _put(self, items: list[dict[str, Any]]) -> None:
-        puts = [{"PutRequest": {"Item": item}} for item in items]
-        requests = [
-            {self.table: puts[start : start + BATCH_WRITE_ITEMS]} for start in range(0, len(puts), BATCH_WRITE_ITEMS)
-        ]
-        list(self._pool.map(partial(self._until_processed, "BatchWriteItem", "UnprocessedItems"), requests))
-
-    def _until_processed(self, operation: str, unprocessed: str, request: dict[str, Any]) -> list[dict[str, Any]]:
-        """Call a batch operation, re-sending what DynamoDB left unprocessed with backoff; all responses."""
-        call = self.dynamodb.batch_get_item if operation == "BatchGetItem" else self.dynamodb.batch_write_item
-        responses = []
-        for attempt in range(UNPROCESSED_ATTEMPTS):
-            response = self._dynamo(operation, partial(call, RequestItems=request))
-            responses.append(response)
-            request = response.get(unprocessed) or {}
-            if not request:
-                return responses
-            time.sleep(0.05 * 2**attempt)
-        raise DependencyUnavailable(f"DynamoDB kept throttling {operation}")
-
-    @staticmethod
-    def _conditional(operation: str, call: Callable[[], Any]) -> bool:
-        """A conditional write: True when it was made, False when its condition did not hold."""
-        try:
-            call()
-        except ClientError as error:
-            code = error.response["Error"]["Code"]
-            if code == "ConditionalCheckFailedException":
-                return False
-            raise DependencyUnavailable(f"DynamoDB {operation} failed: {code}") from None
-        except BotoCoreError as error:
-            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
-        return True
-
-    @staticmethod
-    def _dynamo(operation: str, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except (ClientError, BotoCoreError) as error:
-            raise DependencyUnavailable(f"DynamoDB {operation} failed: {type(error).__name__}") from None

@@ -50,6 +50,22 @@ class PoisonMessage(ValueError):
     """A message body that can never be decoded into records."""
 
 
+class Parked(NamedTuple):
+    """A contact-list PATCH Criteo refused, parked in the DLQ (`{"v": 2, "p": [audience, name, op, type,
+    [ids]]}`); a redrive puts it back in the audience's outbox."""
+
+    audience_key: str
+    audience_name: str
+    operation: str
+    identifier_type: str
+    identifiers: list[str]
+
+
+def pack_parked(parked: Parked) -> str:
+    """The DLQ body of a parked PATCH."""
+    return json.dumps({"v": FORMAT_VERSION, "p": list(parked)}, separators=(",", ":"))
+
+
 def _encode(change: AudienceChange) -> str:
     # ASCII-only JSON: byte size = length, and lone surrogates from the input survive as escapes.
     return json.dumps(list(change), separators=(",", ":"))
@@ -99,12 +115,34 @@ def _valid_row(row: object) -> bool:
     return operation in CONSENT_OPERATIONS and not audience and identifiers == {}
 
 
-def unpack_changes(body: str) -> list[AudienceChange]:
-    """Decode a message body; anything malformed raises PoisonMessage with the reason."""
+def unpack(body: str) -> list[AudienceChange] | Parked:
+    """Decode a message body: records, or a parked PATCH sent back; anything malformed raises PoisonMessage."""
     try:
         document = json.loads(body)
     except json.JSONDecodeError as error:
         raise PoisonMessage(f"body is not JSON: {error.msg}") from None
+    if isinstance(document, dict) and document.get("v") == FORMAT_VERSION and "p" in document:
+        return _parked(document["p"])
+    return _changes(document)
+
+
+def unpack_changes(body: str) -> list[AudienceChange]:
+    """Decode a body of records; anything else raises PoisonMessage with the reason."""
+    unpacked = unpack(body)
+    if isinstance(unpacked, Parked):
+        raise PoisonMessage("body is a parked PATCH, not records")
+    return unpacked
+
+
+def _parked(row: object) -> Parked:
+    if type(row) is not list or len(row) != 5 or not all(type(part) is str for part in row[:4]):
+        raise PoisonMessage("parked PATCH is malformed")
+    if row[2] not in MEMBERSHIP_OPERATIONS or not _valid_identifiers({row[3]: row[4]}):
+        raise PoisonMessage("parked PATCH is malformed")
+    return Parked(*row)
+
+
+def _changes(document: object) -> list[AudienceChange]:
     if not isinstance(document, dict) or document.get("v") != FORMAT_VERSION or not isinstance(document.get("r"), list):
         raise PoisonMessage(f"body is not a version {FORMAT_VERSION} record envelope")
     changes: list[AudienceChange] = []

@@ -1,5 +1,5 @@
-"""The sync use case: one SQS batch → per-user ledger changes → the fewest Criteo PATCHes, with exact
-failure reporting."""
+"""The sync use case: one SQS batch → per-user ledger changes → one outbox entry per audience, with exact
+failure reporting. The flush (flush.py) takes the outbox to Criteo."""
 
 from __future__ import annotations
 
@@ -8,21 +8,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
-from audience_sync.criteo.client import CriteoClient
-from audience_sync.criteo.errors import (
-    CriteoError,
-    InvalidCredentials,
-    RejectedRequest,
-    SegmentGone,
-    SegmentOwnedElsewhere,
-)
-from audience_sync.criteo.segments import SegmentDirectory
 from audience_sync.errors import DependencyUnavailable
-from audience_sync.identifiers import GUM
 from audience_sync.ledger import Consent, Ledger
 from audience_sync.membership import ByType, Membership, difference
 from audience_sync.observability import logger
-from audience_sync.plan import PatchPlan, plan_contact_list_patches
+from audience_sync.outbox import Outbox
+from audience_sync.plan import Entry, outbox_entry
 from audience_sync.queue import QueueWriter
 from audience_sync.records import (
     ADD,
@@ -30,25 +21,26 @@ from audience_sync.records import (
     GRANT,
     REMOVE,
     AudienceChange,
+    Parked,
     PoisonMessage,
-    pack_changes,
-    unpack_changes,
+    unpack,
 )
 
-CREDENTIALS_REJECTED = "Criteo credentials rejected"
 # Stop starting new work when less than this is left, so the answer to SQS is always delivered.
 SAFETY_SECONDS = 5.0
 MAX_LOCK_WAIT_SECONDS = 60.0
 
 
 class Sourced:
-    """A change, its version (computed once) and the SQS message it came from (the unit SQS retries)."""
+    """A change, its version (computed once), the SQS message it came from (the unit SQS retries) and when
+    that message was queued."""
 
-    __slots__ = ("change", "message_id", "version")
+    __slots__ = ("change", "message_id", "queued", "version")
 
-    def __init__(self, change: AudienceChange, message_id: str) -> None:
+    def __init__(self, change: AudienceChange, message_id: str, queued: float) -> None:
         self.change = change
         self.message_id = message_id
+        self.queued = queued
         self.version = change.version
 
 
@@ -97,29 +89,34 @@ UserChanges = dict[str, list[Sourced]]  # user -> their changes in this batch (c
 
 
 class AudienceSync:
-    """Applies a batch of packed change records to the ledger and Criteo."""
+    """Applies a batch of packed change records to the ledger and the outbox."""
 
     def __init__(
         self,
-        criteo: CriteoClient,
         ledger: Ledger,
+        outbox: Outbox,
         dead_letters: DeadLetters,
         options: SyncOptions,
         seconds_left: Callable[[], float],
     ) -> None:
-        self.criteo = criteo
-        self.directory = SegmentDirectory(criteo, options.deployment, options.adopt_segments)
         self.ledger = ledger
+        self.outbox = outbox
         self.dead_letters = dead_letters
         self.options = options
         self.seconds_left = seconds_left
         self.redelivered: frozenset[str] = frozenset()
 
-    def run(self, messages: list[tuple[str, str]], receive_counts: Mapping[str, int] | None = None) -> SyncReport:
+    def run(
+        self,
+        messages: list[tuple[str, str]],
+        receive_counts: Mapping[str, int] | None = None,
+        queued: Mapping[str, float] | None = None,
+    ) -> SyncReport:
         """Sync a batch of (SQS message id, body); returns the message ids that must come back.
 
         `receive_counts` (SQS's ApproximateReceiveCount per message): a message delivered again may come from a
-        sync that wrote its users ahead and died before Criteo had their identifiers, so their adds are re-sent.
+        sync that wrote its users ahead and died before their identifiers reached the outbox, so their adds
+        are queued again. `queued` (SQS's SentTimestamp per message, in seconds): how long changes have waited.
 
         The audiences synced longest ago go first: when time runs out, the ones left for the next delivery
         are never the same again and again (the last in a fixed order was handed back until its messages
@@ -129,7 +126,10 @@ class AudienceSync:
         self.redelivered = frozenset(m for m, count in (receive_counts or {}).items() if count > 1)
         by_audience: dict[str, UserChanges] = {}
         consent_items: list[Sourced] = []
-        for item in self._decode(messages, report):
+        items, parked = self._decode(messages, queued or {}, report)
+        for message_id, entry in parked:
+            self._put_back(message_id, entry, report)
+        for item in items:
             if item.change.operation in CONSENT_OPERATIONS:
                 consent_items.append(item)
             else:
@@ -140,9 +140,8 @@ class AudienceSync:
             return report
         recheck: dict[str, UserChanges] = {}
         for audience_key, users in self._longest_waiting_first(by_audience, report):
-            if report.counts["criteo_credentials_errors"] or self.seconds_left() < SAFETY_SECONDS:
-                reason = CREDENTIALS_REJECTED if report.counts["criteo_credentials_errors"] else "out of time"
-                report.hand_back((i.message_id for items in users.values() for i in items), reason)
+            if self.seconds_left() < SAFETY_SECONDS:
+                report.hand_back((i.message_id for items in users.values() for i in items), "out of time")
                 continue
             recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
         if self.options.consent_required:
@@ -161,11 +160,15 @@ class AudienceSync:
             synced = {}
         return sorted(by_audience.items(), key=lambda entry: (synced.get(entry[0], 0.0), entry[0]))
 
-    def _decode(self, messages: list[tuple[str, str]], report: SyncReport) -> list[Sourced]:
+    def _decode(
+        self, messages: list[tuple[str, str]], queued: Mapping[str, float], report: SyncReport
+    ) -> tuple[list[Sourced], list[tuple[str, Parked]]]:
         items: list[Sourced] = []
+        parked: list[tuple[str, Parked]] = []
+        now = self.ledger.clock()
         for message_id, body in messages:
             try:
-                changes = unpack_changes(body)
+                unpacked = unpack(body)
             except PoisonMessage as error:
                 report.counts["poison_messages"] += 1
                 try:
@@ -173,9 +176,32 @@ class AudienceSync:
                 except DependencyUnavailable:
                     report.hand_back([message_id], "dead-letter queue unavailable")
                 continue
-            report.counts["records_in"] += len(changes)
-            items.extend(Sourced(change, message_id) for change in changes)
-        return items
+            if isinstance(unpacked, Parked):
+                parked.append((message_id, unpacked))
+                continue
+            report.counts["records_in"] += len(unpacked)
+            sent_at = queued.get(message_id, now)
+            items.extend(Sourced(change, message_id, sent_at) for change in unpacked)
+        return items, parked
+
+    def _put_back(self, message_id: str, parked: Parked, report: SyncReport) -> None:
+        """A parked PATCH redriven from the DLQ goes back into its audience's outbox as it was."""
+        identifiers = {parked.identifier_type: set(parked.identifiers)}
+        entry = Entry({}, identifiers) if parked.operation == ADD else Entry(identifiers, {})
+        try:
+            seq = self.ledger.acquire(parked.audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
+            if seq is None:
+                report.hand_back([message_id], "another invocation held the audience's lease")
+                return
+            try:
+                self.outbox.append(parked.audience_key, seq, entry, parked.audience_name, self.ledger.clock())
+            finally:
+                self.ledger.release(parked.audience_key)
+        except DependencyUnavailable as error:
+            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            report.hand_back([message_id], "membership ledger unavailable")
+            return
+        report.counts["parked_patches_put_back"] += 1
 
     def _apply_consent(
         self, items: list[Sourced], by_audience: dict[str, UserChanges], report: SyncReport
@@ -248,7 +274,8 @@ class AudienceSync:
         """Apply one audience under its lease; returns the users whose consent must be read again."""
         message_ids = {i.message_id for items in users.values() for i in items}
         try:
-            if not self.ledger.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS)):
+            seq = self.ledger.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
+            if seq is None:
                 report.counts["lock_timeouts"] += 1
                 report.hand_back(message_ids, "another invocation held the audience's lease")
                 return {}
@@ -257,7 +284,7 @@ class AudienceSync:
             report.hand_back(message_ids, "membership ledger unavailable")
             return {}
         try:
-            return self._apply_audience(audience_key, users, consents, report)
+            return self._apply_audience(audience_key, seq, users, consents, report)
         except DependencyUnavailable as error:
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             report.hand_back(message_ids, "membership ledger unavailable")
@@ -266,9 +293,9 @@ class AudienceSync:
             self.ledger.release(audience_key)
 
     def _apply_audience(
-        self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport
+        self, audience_key: str, seq: int, users: UserChanges, consents: dict[str, Consent], report: SyncReport
     ) -> UserChanges:
-        """Fold each user's changes into their ledger state, PATCH the differences, save what Criteo has.
+        """Fold each user's changes into their ledger state, queue the differences in the outbox, save.
 
         With consent enforced, returns the users to read consent for again: new members now sent (a withdrawal
         stored meanwhile by another invocation could not see them), and members held for want of a consent
@@ -306,22 +333,26 @@ class AudienceSync:
                 added = state.sent()
             if added or removed:
                 differences[user] = (added, removed)
-        # Users gaining identifiers are written ahead of the PATCH: an add Criteo got is never unknown to the
-        # ledger (a sync that dies in between leaves its messages to come back, and they re-send the adds).
+        # Users gaining identifiers are written ahead of the outbox entry: an add queued for Criteo is never
+        # unknown to the ledger (a sync that dies in between leaves its messages to come back, and they queue
+        # the adds again). Users losing identifiers are written after it, so a failed entry loses no removal.
         ahead = {u: changed[u] for u, (added, _) in differences.items() if added and u in changed}
         self.ledger.save_memberships(audience_key, ahead)
-        failed_users: set[str] = set()
-        for plan in plan_contact_list_patches(audience_key, differences):
-            if not self._apply_plan(plan, users, report):
-                failed_users |= plan.users
-        saved = {u: s for u, s in changed.items() if u not in failed_users}
-        # Written ahead but not sent: back to what they were, so their messages' next delivery sends them.
-        undo = {u: befores[u] for u in failed_users & ahead.keys()}
-        self.ledger.save_memberships(audience_key, {u: s for u, s in saved.items() if u not in ahead} | undo)
+        entry = outbox_entry(differences)
+        if entry:
+            try:
+                queued = min(i.queued for u in differences for i in users[u])
+                self.outbox.append(audience_key, seq, entry, self._display_name(users) or "", queued)
+            except DependencyUnavailable:
+                # Written ahead but not queued: back to what they were, so their messages' next delivery does it.
+                self.ledger.save_memberships(audience_key, {u: befores[u] for u in ahead})
+                raise
+            report.counts["identifiers_queued"] += sum(entry.counts().values())
+        self.ledger.save_memberships(audience_key, {u: s for u, s in changed.items() if u not in ahead})
         if not self.options.consent_required:
             return {}
-        waiting = [u for u, s in saved.items() if s.is_in and u not in consents]
-        recheck = {u for u in new_members if saved.get(u) and saved[u].live} | self.ledger.mark_held(waiting)
+        waiting = [u for u, s in changed.items() if s.is_in and u not in consents]
+        recheck = {u for u in new_members if changed.get(u) and changed[u].live} | self.ledger.mark_held(waiting)
         return {u: users[u] for u in recheck}
 
     def _recheck_consent(self, recheck: dict[str, UserChanges], used: dict[str, Consent], report: SyncReport) -> None:
@@ -344,54 +375,10 @@ class AudienceSync:
             if again:
                 self._sync_audience(audience_key, again, {**used, **fresh}, report)
 
-    def _apply_plan(self, plan: PatchPlan, users: UserChanges, report: SyncReport) -> bool:
-        """One PATCH; True when Criteo has it, False when its users' changes come back or were parked."""
-        message_ids = {i.message_id for user in plan.users for i in users[user]}
-        try:
-            segment_id = self._segment_id(plan.audience_key, users)
-            gum_caller_id = self.options.gum_caller_id if plan.identifier_type == GUM else None
-            patch = partial(
-                self.criteo.patch_contact_list,
-                operation=plan.operation,
-                identifier_type=plan.identifier_type,
-                identifiers=plan.identifiers,
-                gum_caller_id=gum_caller_id,
-            )
-            try:
-                result = patch(segment_id)
-            except SegmentGone:  # the cached id is gone: look it up (or create it) once more
-                self.directory.forget(self.options.name_prefix + plan.audience_key)
-                result = patch(self._segment_id(plan.audience_key, users))
-        except SegmentOwnedElsewhere as error:
-            report.counts["segment_ownership_conflicts"] += 1
-            logger.error("segment owned by another deployment", extra={"reason": str(error)})
-            report.hand_back(message_ids, str(error))
-            return False
-        except RejectedRequest as error:
-            changes = [i.change for user in plan.users for i in users[user]]
-            report.counts["dead_lettered_records"] += len(changes)
-            self.dead_letters.send(list(pack_changes(changes)), str(error))
-            return False
-        except InvalidCredentials as error:
-            report.counts["criteo_credentials_errors"] += 1
-            logger.error("Criteo credentials rejected: fix the Criteo secret", extra={"reason": str(error)})
-            report.hand_back(message_ids, CREDENTIALS_REJECTED)
-            return False
-        except CriteoError as error:
-            logger.warning("Criteo call failed; records go back to SQS", extra={"reason": str(error)})
-            report.hand_back(message_ids, str(error))
-            return False
-        valid = int(result.get("nbValidIdentifiers") or 0)
-        report.counts["identifiers_added" if plan.operation == ADD else "identifiers_removed"] += valid
-        report.counts["invalid_identifiers"] += int(result.get("nbInvalidIdentifiers") or 0)
-        report.counts["patches"] += 1
-        return True
-
-    def _segment_id(self, audience_key: str, users: UserChanges) -> str:
+    @staticmethod
+    def _display_name(users: UserChanges) -> str | None:
         names = (i.change.audience_name for items in users.values() for i in items if i.change.audience_name)
-        display = next(names, audience_key)
-        description = f"Segment Engage audience {display} (synced by segment-criteo-sync)"
-        return self.directory.resolve(self.options.name_prefix + audience_key, description)
+        return next(names, None)
 
 
 def carried_by_exits(items: list[Sourced]) -> ByType:

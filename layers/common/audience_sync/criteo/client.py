@@ -264,7 +264,7 @@ class CriteoClient:
         self.stats.retries += 1
         wait = random.uniform(0.0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
         if attempt + 1 >= MAX_ATTEMPTS or wait >= self.seconds_left():
-            raise RetryLater(f"Criteo unavailable ({reason}); giving the records back to SQS")
+            raise RetryLater(f"Criteo unavailable ({reason}); the changes are tried again later")
         logger.info("retrying Criteo call", extra={"reason": reason, "attempt": attempt + 1, "wait_s": round(wait, 3)})
         self.sleep(wait)
 

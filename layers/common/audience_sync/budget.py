@@ -1,0 +1,79 @@
+"""The Criteo call budget, shared by every invocation: a token bucket in the ledger's table.
+
+Criteo limits calls per app, whichever Lambda makes them, so the budget lives in one item (`budget`,
+`criteo`): `tokens` left at time `at`. It refills at `per_minute / 60` per second up to a small burst, so no
+60-second window holds more than `per_minute` plus that burst (docs/design.md, "Call budget").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from audience_sync.table import Table
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+KEY = {"pk": {"S": "budget"}, "sk": {"S": "criteo"}}
+BURST_SHARE = 0.05  # the bucket holds at most 5% of a minute's calls (10 at 200/min)
+RACE_ATTEMPTS = 5
+
+
+class CallBudget(Table):
+    """Take tokens before calling Criteo; never waits (the caller decides what to do meanwhile)."""
+
+    def __init__(
+        self, dynamodb: DynamoDBClient, table: str, per_minute: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(dynamodb, table, clock)
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute * BURST_SHARE)
+
+    def take(self, calls: int = 1) -> bool:
+        """Take `calls` tokens if the bucket has them."""
+        return self._change(-calls, require=True)
+
+    def charge(self, calls: int) -> None:
+        """Count calls already made (segment searches and creates: their number is known afterwards)."""
+        if calls > 0:
+            self._change(-calls, require=False)
+
+    def seconds_until(self, calls: int = 1) -> float:
+        """How long until `calls` tokens are there (0 when they are)."""
+        tokens, _ = self._read()
+        return max(0.0, (calls - tokens) / self.rate)
+
+    def _read(self) -> tuple[float, str | None]:
+        """Tokens now (refilled since the item's `at`) and the `at` read, for the conditional write."""
+        found = self._get([("budget", "criteo")])
+        if not found:
+            return self.capacity, None
+        item = found[0]
+        at = item["at"]["N"]
+        refilled = float(item["tokens"]["N"]) + (self.clock() - float(at)) * self.rate
+        return min(self.capacity, refilled), at
+
+    def _change(self, delta: int, require: bool) -> bool:
+        for _ in range(RACE_ATTEMPTS):
+            tokens, at = self._read()
+            if require and tokens + delta < 0:
+                return False
+            condition = "attribute_not_exists(pk)" if at is None else "#at = :at"
+            values = {":t": {"N": f"{tokens + delta:.6f}"}, ":now": {"N": f"{self.clock():.6f}"}}
+            if at is not None:
+                values[":at"] = {"N": at}
+            write = partial(
+                self.dynamodb.update_item,
+                TableName=self.table,
+                Key=KEY,
+                UpdateExpression="SET tokens = :t, #at = :now",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#at": "at"},
+                ExpressionAttributeValues=values,
+            )
+            if self._conditional("UpdateItem", write) is not None:
+                return True
+        return False  # other invocations kept winning the race: treated as no tokens

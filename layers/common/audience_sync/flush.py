@@ -1,0 +1,261 @@
+"""The flush: each audience's outbox to Criteo when a call is worth making, within the shared call budget.
+
+An audience is sent when its oldest waiting change is `interval` old and either no change came for a quiet
+moment or the backlog can be sent within that age; groups of 50,000 go at once. Under a backlog the budget
+goes to full groups first, then to the oldest (docs/design.md, "Fewest calls").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+from audience_sync.budget import CallBudget
+from audience_sync.criteo.client import CriteoClient
+from audience_sync.criteo.errors import (
+    CriteoError,
+    InvalidCredentials,
+    RejectedRequest,
+    SegmentGone,
+    SegmentOwnedElsewhere,
+)
+from audience_sync.criteo.segments import SegmentDirectory
+from audience_sync.errors import DependencyUnavailable
+from audience_sync.identifiers import GUM
+from audience_sync.observability import logger
+from audience_sync.outbox import Outbox, Outcome, Waiting, stored_counts
+from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
+from audience_sync.records import ADD, Parked, pack_parked
+from audience_sync.sync import SAFETY_SECONDS, DeadLetters, SyncOptions
+
+ALL = "all"
+FULL_ONLY = "full"
+MAX_RETRY_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When an audience's waiting changes are sent."""
+
+    interval_seconds: float = 60.0  # L: changes wait this long for others to share their calls
+    quiet_seconds: float = 15.0  # no change for this long (capped at L): the audience's burst is over
+    calls_per_minute: int = 200  # the budget every invocation shares
+    retry_seconds: float = 5.0  # an audience whose call failed waits this, doubled per failure
+
+    def backlog_seconds(self, waiting: list[Waiting]) -> float:
+        """How long the budget needs for every call waiting (counts are upper bounds)."""
+        return sum(calls_needed(w.counts) for w in waiting) * 60.0 / self.calls_per_minute
+
+    def mode(self, waiting: Waiting, now: float, backlog_seconds: float) -> str | None:
+        """ALL: send everything; FULL_ONLY: only groups of 50,000; None: keep waiting."""
+        if waiting.retry > now:
+            return None
+        age, quiet = now - waiting.first, now - waiting.last
+        if age >= self.interval_seconds and (
+            quiet >= min(self.quiet_seconds, self.interval_seconds) or age >= backlog_seconds
+        ):
+            return ALL
+        if any(n >= MAX_IDENTIFIERS_PER_PATCH for n in waiting.counts.values()):
+            return FULL_ONLY
+        return None
+
+
+@dataclass
+class FlushReport:
+    """Counters for metrics, the outbox's state (`gauges`, from the last pass), and how long the identifiers
+    sent had waited (seconds, identifiers)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, int] = field(default_factory=dict)
+    waited: list[tuple[float, int]] = field(default_factory=list)
+    emptied: int = 0  # audiences with nothing waiting any more
+
+    def add(self, other: FlushReport) -> None:
+        """Add another report's counts and waits; its gauges replace these."""
+        self.counts.update(other.counts)
+        self.gauges.update(other.gauges)
+        self.waited.extend(other.waited)
+        self.emptied += other.emptied
+
+
+class Flusher:
+    """Sends what is ready in the outbox; one flusher runs at a time (the caller holds the flusher lease)."""
+
+    def __init__(
+        self,
+        criteo: CriteoClient,
+        outbox: Outbox,
+        budget: CallBudget,
+        dead_letters: DeadLetters,
+        options: SyncOptions,
+        policy: FlushPolicy,
+        seconds_left: Callable[[], float],
+        workers: int = 8,
+    ) -> None:
+        self.criteo = criteo
+        self.directory = SegmentDirectory(criteo, options.deployment, options.adopt_segments)
+        self.outbox = outbox
+        self.budget = budget
+        self.dead_letters = dead_letters
+        self.options = options
+        self.policy = policy
+        self.seconds_left = seconds_left
+        self.clock = outbox.clock
+        self.workers = workers
+        self._resolving = threading.Lock()
+        self._stop = threading.Event()  # out of budget, time or credentials: no new call this tick
+
+    def tick(self) -> FlushReport:
+        """One pass: every ready audience, fullest and oldest first, while budget and time last."""
+        report = FlushReport()
+        self._stop.clear()
+        now = self.clock()
+        waiting = self.outbox.waiting()
+        backlog = self.policy.backlog_seconds(waiting)
+        ready = [(w, mode) for w in waiting if (mode := self.policy.mode(w, now, backlog))]
+        ready.sort(key=lambda pair: (not _has_full(pair[0]), pair[0].first))
+        report.gauges = {
+            "outbox_audiences": len(waiting),
+            "outbox_oldest_seconds": int(max((now - w.first for w in waiting), default=0)),
+            "outbox_backlog_seconds": int(backlog),
+        }
+        if self.workers == 1:
+            reports = [self._flush(w, mode) for w, mode in ready]
+        else:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="flush") as pool:
+                reports = list(pool.map(lambda pair: self._flush(*pair), ready))
+        for audience_report in reports:
+            report.add(audience_report)
+        report.gauges["outbox_audiences"] = len(waiting) - report.emptied
+        return report
+
+    def _flush(self, waiting: Waiting, mode: str) -> FlushReport:
+        report = FlushReport()
+        if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
+            return report
+        try:
+            self._send(waiting, mode, report)
+        except DependencyUnavailable as error:  # the entries stay: what was sent is sent again, in order
+            logger.warning("outbox unavailable", extra={"reason": str(error)})
+            report.counts["dependency_errors"] += 1
+            self._stop.set()
+        return report
+
+    def _send(self, waiting: Waiting, mode: str, report: FlushReport) -> None:
+        read = self.outbox.entries(waiting.audience_key)
+        plans = patches(waiting.audience_key, net(s.entry for s in read))
+        chosen = plans if mode == ALL else [p for p in plans if p.full]
+        if not chosen and mode == FULL_ONLY:
+            return
+        sent, failed = self._patch_all(waiting, chosen, report)
+        unsent = [p for p in plans if id(p) not in sent]
+        if self.outbox.finish(waiting, Outcome(read, remainder(unsent) if unsent else None, stored_counts(read))):
+            report.emptied += 1
+        if sent:
+            now = self.clock()
+            identifiers = sum(len(p.identifiers) for p in plans if id(p) in sent)
+            if unsent:
+                report.waited.append((now - min(s.queued for s in read), identifiers))
+            else:
+                report.waited.extend((now - s.queued, sum(s.entry.counts().values())) for s in read)
+        if failed:
+            self.outbox.failed(waiting, self.clock() + min(MAX_RETRY_SECONDS, self.policy.retry_seconds * 2**waiting.fails))
+
+    def _patch_all(self, waiting: Waiting, plans: list[PatchPlan], report: FlushReport) -> tuple[set[int], bool]:
+        """PATCH in order while budget and time last; the ids of the plans Criteo has (or that were parked),
+        and whether a call failed (the audience then backs off)."""
+        sent: set[int] = set()
+        if not plans:
+            return sent, False
+        try:
+            segment_id = self._segment_id(waiting)
+            for plan in plans:
+                if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
+                    break
+                if not self.budget.take():
+                    report.counts["budget_waits"] += 1
+                    self._stop.set()
+                    break
+                segment_id = self._patch(plan, segment_id, waiting, report)
+                sent.add(id(plan))
+        except SegmentOwnedElsewhere as error:
+            report.counts["segment_ownership_conflicts"] += 1
+            logger.error("segment owned by another deployment", extra={"reason": str(error)})
+        except InvalidCredentials as error:
+            report.counts["criteo_credentials_errors"] += 1
+            logger.error("Criteo credentials rejected: fix the Criteo secret", extra={"reason": str(error)})
+            self._stop.set()
+        except CriteoError as error:
+            report.counts["flush_failures"] += 1
+            logger.warning("Criteo call failed; the changes wait in the outbox", extra={"reason": str(error)})
+        else:
+            return sent, False
+        return sent, True
+
+    def _patch(self, plan: PatchPlan, segment_id: str, waiting: Waiting, report: FlushReport) -> str:
+        """One PATCH (a segment that vanished is looked up once more); returns the segment id used. A request
+        Criteo refuses is parked in the DLQ with its reason."""
+        gum_caller_id = self.options.gum_caller_id if plan.identifier_type == GUM else None
+        patch = partial(
+            self.criteo.patch_contact_list,
+            operation=plan.operation,
+            identifier_type=plan.identifier_type,
+            identifiers=plan.identifiers,
+            gum_caller_id=gum_caller_id,
+        )
+        try:
+            try:
+                result = patch(segment_id)
+            except SegmentGone:
+                self.directory.forget(self.options.name_prefix + waiting.audience_key)
+                segment_id = self._segment_id(waiting)
+                result = patch(segment_id)
+        except RejectedRequest as error:
+            self.dead_letters.send([parked_body(plan, waiting.name)], str(error))
+            report.counts["dead_lettered_identifiers"] += len(plan.identifiers)
+            return segment_id
+        valid = int(result.get("nbValidIdentifiers") or 0)
+        report.counts["identifiers_added" if plan.operation == ADD else "identifiers_removed"] += valid
+        report.counts["invalid_identifiers"] += int(result.get("nbInvalidIdentifiers") or 0)
+        report.counts["patches"] += 1
+        return segment_id
+
+    def _segment_id(self, waiting: Waiting) -> str:
+        """Resolve (or create) the audience's segment; the search and create calls are charged to the budget."""
+        display = waiting.name or waiting.audience_key
+        description = f"Segment Engage audience {display} (synced by segment-criteo-sync)"
+        with self._resolving:
+            before = self.criteo.stats.total_calls
+            try:
+                return self.directory.resolve(self.options.name_prefix + waiting.audience_key, description)
+            finally:
+                self.budget.charge(self.criteo.stats.total_calls - before)
+
+
+def _has_full(waiting: Waiting) -> bool:
+    return any(n >= MAX_IDENTIFIERS_PER_PATCH for n in waiting.counts.values())
+
+
+def parked_body(plan: PatchPlan, name: str) -> str:
+    """A PATCH Criteo refused, as a DLQ message that a redrive puts back in the outbox."""
+    return pack_parked(Parked(plan.audience_key, name, plan.operation, plan.identifier_type, plan.identifiers))
+
+
+def run_flushes(
+    flusher: Flusher,
+    poll_seconds: float,
+    keep_going: Callable[[], bool],
+    sleep: Callable[[float], None] = time.sleep,
+) -> FlushReport:
+    """Ticks every `poll_seconds` while anything waits and `keep_going()`; the reports added up."""
+    total = FlushReport()
+    while True:
+        total.add(flusher.tick())
+        if not total.gauges["outbox_audiences"] or not keep_going():
+            return total
+        sleep(poll_seconds)

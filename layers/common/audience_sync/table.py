@@ -1,0 +1,113 @@
+"""The one DynamoDB table (`pk`, `sk`, `ttl`) behind the ledger, the outbox and the call budget: batched,
+parallel reads and writes, conditional writes, and DynamoDB's failures turned into DependencyUnavailable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from audience_sync.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+BATCH_GET_KEYS = 100
+BATCH_WRITE_ITEMS = 25
+UNPROCESSED_ATTEMPTS = 8
+# Batch calls run in parallel: 100k users are 1,000 reads and 4,000 writes, too slow one after another.
+PARALLEL_CALLS = 16
+Item = dict[str, Any]  # DynamoDB's wire format: attribute -> {type: value}
+
+
+class Table:
+    """Typed access to the table; subclasses name what their items mean."""
+
+    def __init__(self, dynamodb: DynamoDBClient, table: str, clock: Callable[[], float] = time.time) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="dynamodb")
+
+    def _get(self, keys: Iterable[tuple[str, str]]) -> list[Item]:
+        """Items by (pk, sk), strongly consistent, absent ones left out."""
+        key_list = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]
+        requests = [
+            {self.table: {"Keys": key_list[start : start + BATCH_GET_KEYS], "ConsistentRead": True}}
+            for start in range(0, len(key_list), BATCH_GET_KEYS)
+        ]
+        found: list[Item] = []
+        for responses in self._pool.map(partial(self._until_processed, "BatchGetItem", "UnprocessedKeys"), requests):
+            for response in responses:
+                found.extend(response.get("Responses", {}).get(self.table, []))
+        return found
+
+    def _put(self, items: list[Item]) -> None:
+        """Write items (BatchWriteItem, in parallel)."""
+        self._write([{"PutRequest": {"Item": item}} for item in items])
+
+    def _delete(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Delete items by (pk, sk) (BatchWriteItem, in parallel)."""
+        self._write([{"DeleteRequest": {"Key": {"pk": {"S": pk}, "sk": {"S": sk}}}} for pk, sk in keys])
+
+    def _write(self, writes: list[Item]) -> None:
+        requests = [
+            {self.table: writes[start : start + BATCH_WRITE_ITEMS]} for start in range(0, len(writes), BATCH_WRITE_ITEMS)
+        ]
+        list(self._pool.map(partial(self._until_processed, "BatchWriteItem", "UnprocessedItems"), requests))
+
+    def _query(self, pk: str, prefix: str = "", projection: str | None = None) -> list[Item]:
+        """Every item of a partition (whose sk starts with `prefix`), strongly consistent, all pages."""
+        arguments: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)" if prefix else "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": pk}, **({":s": {"S": prefix}} if prefix else {})},
+            "ConsistentRead": True,
+        }
+        if projection:
+            arguments["ProjectionExpression"] = projection
+        items: list[Item] = []
+        while True:
+            page = self._dynamo("Query", partial(self.dynamodb.query, **arguments))
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _until_processed(self, operation: str, unprocessed: str, request: Item) -> list[Item]:
+        """Call a batch operation, re-sending what DynamoDB left unprocessed with backoff; all responses."""
+        call = self.dynamodb.batch_get_item if operation == "BatchGetItem" else self.dynamodb.batch_write_item
+        responses = []
+        for attempt in range(UNPROCESSED_ATTEMPTS):
+            response = self._dynamo(operation, partial(call, RequestItems=request))
+            responses.append(response)
+            request = response.get(unprocessed) or {}
+            if not request:
+                return responses
+            time.sleep(0.05 * 2**attempt)
+        raise DependencyUnavailable(f"DynamoDB kept throttling {operation}")
+
+    @staticmethod
+    def _conditional(operation: str, call: Callable[[], Any]) -> dict[str, Any] | None:
+        """A conditional write: its response when it was made, None when its condition did not hold."""
+        try:
+            response = call()
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code == "ConditionalCheckFailedException":
+                return None
+            raise DependencyUnavailable(f"DynamoDB {operation} failed: {code}") from None
+        except BotoCoreError as error:
+            raise DependencyUnavailable(f"DynamoDB unreachable: {type(error).__name__}") from None
+        return response if response is not None else {}
+
+    @staticmethod
+    def _dynamo(operation: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except (ClientError, BotoCoreError) as error:
+            raise DependencyUnavailable(f"DynamoDB {operation} failed: {type(error).__name__}") from None
