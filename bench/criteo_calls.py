@@ -1,252 +1,228 @@
-"""Benchmark 1: Criteo calls our real sync code makes on realistic streams, against the minimum and the peer.
+"""Benchmark 1: the Criteo calls of the real sync and flush code, on a simulated clock.
 
-Streams up to 100k go through the real sync handler (functions/sync/app.py) with its DynamoDB membership
-ledger in moto and Criteo in the emulator; SQS is replaced by handing the handler the batches the event
-source would deliver. The 1M streams run the same sync core (AudienceSync + Ledger + CriteoClient + emulator)
-with the ledger's table in memory, counting the DynamoDB calls: moto needs minutes per million.
-Either way the DynamoDB calls are metered from their requests as DynamoDB bills them (`meter`).
+Streams of 1k to 10M changes over 1 to 2,000 audiences arrive as a burst (a backfill: Segment delivering as
+fast as it can) or steadily over 30 minutes. Every 5 simulated seconds the sync function applies what
+arrived (AudienceSync: the real fold, ledger and outbox code) and the flusher makes a pass (Flusher: the real
+policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). DynamoDB is the in-memory
+table (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated.
+
+The minimum the calls are compared with (devtools.minimum.WindowMinimum) is computed from the stream alone:
+per flush interval, per (audience, user), what Criteo must hold at its end against its start; a window whose
+calls the budget can't send within its span grows until it can.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import requests
 
+from audience_sync.budget import CallBudget
+from audience_sync.criteo.auth import CriteoCredentials, TokenCache
+from audience_sync.criteo.client import CriteoClient
+from audience_sync.criteo.segments import SEGMENT_IDS
+from audience_sync.flush import Flusher, FlushPolicy
 from audience_sync.ledger import Ledger
-from audience_sync.records import AudienceChange, unpack_changes
+from audience_sync.outbox import Outbox
+from audience_sync.records import AudienceChange
+from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
+from bench.memory_table import InMemoryTable
 from bench.peer import peer_calls
 from bench.servers import Servers
-from bench.streams import StreamSpec, generate, minimum_calls, sync_batches, tokens_needed
-from devtools.lambda_runtime import FakeContext, load_function
+from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, invocations, stream
 from devtools.local_aws import DEV_CRITEO
+from devtools.minimum import WindowMinimum
 
+BUDGET_PER_MINUTE = 200  # the template's CriteoCallsPerMinute
+CRITEO_LIMIT_PER_MINUTE = 250  # Criteo's documented limit per app (what would be answered 429 above it)
+INTERVAL_SECONDS = 60.0  # FlushIntervalSeconds
+STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS); the sync applies what arrived
+BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
+STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
 CALL_KINDS = ("token", "search", "create", "patch")
-HANDLER_PATH_MAX_CHANGES = 100_000
-WRITE_UNIT_BYTES = 1024  # one WRU writes up to 1 KB
-Item = dict[str, dict[str, Any]]  # DynamoDB's wire format: attribute -> {type: value}
 
 
-def item_bytes(item: Item) -> int:
-    """DynamoDB's size of an item: attribute names plus values (S and B by length, N ~1 byte per 2 digits)."""
-    size = 0
-    for name, value in item.items():
-        size += len(name.encode())
-        for kind, content in value.items():
-            if kind == "S":
-                size += len(str(content).encode())
-            elif kind == "N":
-                size += math.ceil(len(str(content).strip("-").lstrip("0").replace(".", "")) / 2) + 1
-            elif kind == "B":
-                size += len(content)
-            else:  # BOOL, NULL (the ledger writes nothing else)
-                size += 1
-    return size
-
-
-def meter(operation: str, params: dict[str, Any]) -> Counter[str]:
-    """The call and the capacity DynamoDB on-demand bills for it: every read here is strongly consistent on
-    items under 4 KB (1 RRU per key asked, found or not; 1 per Query page of one user's few items), every
-    write 1 WRU per started KB of the item (the lease's conditional writes count even when they fail)."""
-    billed: Counter[str] = Counter({operation: 1})
-    if operation == "BatchGetItem":
-        billed["rru"] += sum(len(request["Keys"]) for request in params["RequestItems"].values())
-    elif operation == "Query":
-        billed["rru"] += 1
-    elif operation == "BatchWriteItem":
-        for writes in params["RequestItems"].values():
-            for write in writes:
-                put = write.get("PutRequest")
-                billed["wru"] += math.ceil(item_bytes(put["Item"]) / WRITE_UNIT_BYTES) if put else 1
-    elif operation == "PutItem":
-        billed["wru"] += math.ceil(item_bytes(params["Item"]) / WRITE_UNIT_BYTES)
-    elif operation == "UpdateItem":
-        billed["wru"] += 1  # the lease or a consent item, well under 1 KB
-    return billed
-
-
-class InMemoryTable:
-    """The DynamoDB client calls the ledger makes, answered from memory (one table, no conditions
-    enforced: one sync at a time here), each metered."""
+class SimulatedClock:
+    """Seconds since the stream began; moved by the simulation only."""
 
     def __init__(self) -> None:
-        self.items: dict[str, dict[str, Item]] = {}  # pk -> sk -> item
-        self.billed: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.now = 0.0
 
-    def _bill(self, operation: str, params: dict[str, Any]) -> None:
-        billed = meter(operation, params)
-        with self._lock:
-            self.billed.update(billed)
-
-    def put_item(self, **params: Any) -> dict[str, Any]:
-        """PutItem (the lease)."""
-        self._bill("PutItem", params)
-        self._store(params["Item"])
-        return {}
-
-    def update_item(self, **params: Any) -> dict[str, Any]:
-        """UpdateItem `SET a = :x, b = :y` (the lease's release, a consent's settling) on an existing item."""
-        self._bill("UpdateItem", params)
-        key, values = params["Key"], params["ExpressionAttributeValues"]
-        assignments = params["UpdateExpression"].removeprefix("SET ").split(", ")
-        with self._lock:
-            item = self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])
-            if item is not None:
-                for assignment in assignments:
-                    name, value = assignment.split(" = ")
-                    item[name] = values[value]
-        return {}
-
-    def batch_get_item(self, **params: Any) -> dict[str, Any]:
-        """BatchGetItem: every key answered, nothing left unprocessed."""
-        self._bill("BatchGetItem", params)
-        with self._lock:
-            return {
-                "Responses": {
-                    table: [
-                        item
-                        for key in request["Keys"]
-                        if (item := self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])) is not None
-                    ]
-                    for table, request in params["RequestItems"].items()
-                }
-            }
-
-    def batch_write_item(self, **params: Any) -> dict[str, Any]:
-        """BatchWriteItem of PutRequests: every item written."""
-        self._bill("BatchWriteItem", params)
-        for writes in params["RequestItems"].values():
-            for write in writes:
-                self._store(write["PutRequest"]["Item"])
-        return {}
-
-    def query(self, **params: Any) -> dict[str, Any]:
-        """Query `pk = :u AND begins_with(sk, :a)`, the ledger's only one; one page."""
-        self._bill("Query", params)
-        values = params["ExpressionAttributeValues"]
-        prefix = values[":a"]["S"]
-        with self._lock:
-            found = self.items.get(values[":u"]["S"], {})
-            return {"Items": [{"sk": item["sk"]} for sk, item in sorted(found.items()) if sk.startswith(prefix)]}
-
-    def _store(self, item: Item) -> None:
-        with self._lock:
-            self.items.setdefault(item["pk"]["S"], {})[item["sk"]["S"]] = item
-
-
-class CountingLedger(Ledger):
-    """The real membership ledger over an in-memory table; `billed` counts its DynamoDB calls, RRU and WRU."""
-
-    def __init__(self, lock_seconds: int = 960) -> None:
-        self.in_memory = InMemoryTable()
-        super().__init__(cast(Any, self.in_memory), "bench-ledger", lock_seconds)
-
-    @property
-    def billed(self) -> Counter[str]:
-        """DynamoDB calls by operation, plus `rru` and `wru`."""
-        return self.in_memory.billed
+    def __call__(self) -> float:
+        return self.now
 
 
 class _NoQueue:
     def send(self, bodies: list[str], attributes: Any = None) -> int:
-        raise AssertionError("the benchmark streams hold no poison")
+        raise AssertionError("the benchmark streams hold nothing Criteo refuses")
 
 
-def _sqs_event(batch: list[tuple[str, str]]) -> dict[str, Any]:
-    return {"Records": [{"messageId": message_id, "body": body} for message_id, body in batch]}
+@dataclass
+class Run:
+    """What one simulated stream did."""
+
+    patches_at: list[tuple[float, int]] = field(default_factory=list)  # (time, PATCHes made in that pass)
+    waited: list[tuple[float, int]] = field(default_factory=list)  # (seconds, identifiers)
+    last_arrival: float = 0.0
+    drained_at: float = 0.0
+    invocations: int = 0
+    largest_audience_flush: int = 0
 
 
-def _run_handler(servers: Servers, batches: list[list[tuple[str, str]]]) -> Counter[str]:
-    """Every batch through the real handler (a warm container); returns the DynamoDB calls by operation and
-    the capacity they bill (`rru`, `wru`)."""
-    aws = servers.fresh_aws()
-    env = aws.function_env(servers.criteo.url, POWERTOOLS_LOG_LEVEL="ERROR", POWERTOOLS_METRICS_DISABLED="true")
-    sync = load_function("sync", env)
-    billed: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def count(params: dict[str, Any], model: Any, **_: Any) -> None:
-        with lock:
-            billed.update(meter(model.name, params))
-
-    sync.ledger.dynamodb.meta.events.register("before-parameter-build.dynamodb", count)
-    for batch in batches:
-        result = sync.handler(_sqs_event(batch), FakeContext(timeout_seconds=300))
-        if result["batchItemFailures"]:
-            raise RuntimeError(f"sync handed back {len(result['batchItemFailures'])} messages")
-    return billed
+def _percentile(waited: list[tuple[float, int]], share: float) -> float:
+    total = sum(n for _, n in waited)
+    if not total:
+        return 0.0
+    seen = 0
+    for seconds, n in sorted(waited):
+        seen += n
+        if seen >= share * total:
+            return seconds
+    return sorted(waited)[-1][0]
 
 
-def _run_core(servers: Servers, batches: list[list[tuple[str, str]]]) -> Counter[str]:
-    """Every batch through AudienceSync + CriteoClient (fresh container caches), the ledger's table in memory."""
-    from audience_sync.criteo.auth import CriteoCredentials, TokenCache
-    from audience_sync.criteo.client import CriteoClient
-    from audience_sync.criteo.segments import SEGMENT_IDS
-    from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
+def _per_minute(patches_at: list[tuple[float, int]]) -> tuple[int, float]:
+    """Peak calls in any 60 s (sliding over the passes), and the share above Criteo's limit in fixed minutes."""
+    peak, start, in_window = 0, 0, 0
+    for end in range(len(patches_at)):
+        in_window += patches_at[end][1]
+        while patches_at[end][0] - patches_at[start][0] >= 60.0:
+            in_window -= patches_at[start][1]
+            start += 1
+        peak = max(peak, in_window)
+    minutes: Counter[int] = Counter()
+    for at, n in patches_at:
+        minutes[int(at // 60)] += n
+    over = sum(max(0, n - CRITEO_LIMIT_PER_MINUTE) for n in minutes.values())
+    total = sum(n for _, n in patches_at)
+    return peak, (over / total if total else 0.0)
 
+
+def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
+    """Run one stream through the sync and flush code on the simulated clock; the figures of the run."""
     SEGMENT_IDS.clear()
-    tokens = TokenCache()
-    ledger = CountingLedger()
-    credentials = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
-    session = requests.Session()
-    for batch in batches:
-        client = CriteoClient(session, servers.criteo.url, "2026-07", credentials, lambda: 300.0, tokens=tokens)
-        dead_letters = DeadLetters(_NoQueue())  # type: ignore[arg-type]
-        sync = AudienceSync(client, ledger, dead_letters, SyncOptions(), lambda: 300.0)
-        report = sync.run(batch)
-        if report.failed_message_ids:
-            raise RuntimeError(f"sync handed back {len(report.failed_message_ids)} messages")
-    return ledger.billed
-
-
-def _decoded(batch: list[tuple[str, str]]) -> list[AudienceChange]:
-    return [change for _, body in batch for change in unpack_changes(body)]
-
-
-def measure_stream(servers: Servers, spec: StreamSpec) -> dict[str, Any]:
-    """Run one stream; calls by kind, the minimum, the ratios and the peer's calls."""
-    changes = generate(spec)
-    batches = sync_batches(changes)
-    minimum = minimum_calls(changes, [_decoded(b) for b in batches])
     servers.criteo.reset()
-    path = "handler+moto" if spec.changes <= HANDLER_PATH_MAX_CHANGES else "core+in-memory ledger"
-    started = time.monotonic()
-    dynamo = (_run_handler if path == "handler+moto" else _run_core)(servers, batches)
-    capacity = {unit: dynamo.pop(unit, 0) for unit in ("rru", "wru")}
-    elapsed = time.monotonic() - started
+    clock = SimulatedClock()
+    table = InMemoryTable()
+    client = cast(Any, table)
+    ledger = Ledger(client, "bench", 360, clock=clock)
+    outbox = Outbox(client, "bench", clock=clock)
+    budget = CallBudget(client, "bench", BUDGET_PER_MINUTE, clock=clock)
+    credentials = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
+    criteo = CriteoClient(requests.Session(), servers.criteo.url, "2026-07", credentials, lambda: 300.0, tokens=TokenCache())
+    dead_letters = DeadLetters(cast(Any, _NoQueue()))
+    options = SyncOptions()
+    sync = AudienceSync(ledger, outbox, dead_letters, options, lambda: 300.0)
+    policy = FlushPolicy(interval_seconds=INTERVAL_SECONDS, calls_per_minute=BUDGET_PER_MINUTE)
+    flusher = Flusher(criteo, outbox, budget, dead_letters, options, policy, lambda: 300.0, workers=1)
+    windows = WindowMinimum(INTERVAL_SECONDS, BUDGET_PER_MINUTE)
+    whole = WindowMinimum(math.inf, BUDGET_PER_MINUTE)
+    run = Run()
+    arrived: list[tuple[float, list[AudienceChange]]] = []  # Segment requests not applied yet, with arrival time
+    request: list[AudienceChange] = []
+    serial = 0
+
+    def step(now: float) -> None:
+        nonlocal serial
+        clock.now = now
+        if arrived:
+            for batch in invocations([changes for _, changes in arrived], serial):
+                serial += len(batch)
+                queued = {message_id: arrived[0][0] for message_id, _ in batch}
+                report = sync.run(batch, queued=queued)
+                run.invocations += 1
+                if report.failed:
+                    raise RuntimeError(f"the sync handed back {len(report.failed)} messages")
+            arrived.clear()
+        before = servers.criteo.count("patch")
+        waiting = outbox.waiting()
+        run.largest_audience_flush = max([run.largest_audience_flush, *(sum(w.counts.values()) for w in waiting)])
+        report = flusher.tick()
+        run.waited.extend(report.waited)
+        made = servers.criteo.count("patch") - before
+        if made:
+            run.patches_at.append((now, made))
+
+    duration = spec.changes / BURST_PER_SECOND if burst else STEADY_SECONDS
+    next_step = STEP_SECONDS
+    peer_input: list[AudienceChange] = []
+    for index, change in enumerate(stream(spec)):
+        at = index * duration / spec.changes
+        while at >= next_step:
+            if request:
+                arrived.append((next_step - STEP_SECONDS, request))
+                request = []
+            step(next_step)
+            next_step += STEP_SECONDS
+        request.append(change)
+        if len(request) == EVENTS_PER_SEGMENT_REQUEST:
+            arrived.append((at, request))
+            request = []
+        windows.add(at, change)
+        whole.add(0.0, change)
+        if spec.changes <= 1_000_000:
+            peer_input.append(change)
+        run.last_arrival = at
+    if request:
+        arrived.append((run.last_arrival, request))
+    started = next_step
+    while True:
+        step(next_step)
+        next_step += STEP_SECONDS
+        if not outbox.waiting():
+            break
+        if next_step - started > 48 * 3600:
+            raise RuntimeError("the outbox did not drain in 48 simulated hours")
+    run.drained_at = next_step - STEP_SECONDS
+    window_minimum, whole_minimum = windows.finish(), whole.finish()
     calls = {kind: servers.criteo.count(kind) for kind in CALL_KINDS}
-    total = sum(calls.values())
-    floor = minimum.total(tokens_needed(elapsed))
-    peer = peer_calls(changes)
+    peak, over_limit = _per_minute(run.patches_at)
+    peer = peer_calls(peer_input) if peer_input else None
+    drain = run.drained_at - run.last_arrival
+    last_window_minutes = windows.last_window_patches / BUDGET_PER_MINUTE
+    billed = table.billed
     return {
         "stream": spec.label,
+        "mode": "burst" if burst else "steady",
         "changes": spec.changes,
         "audiences": spec.audiences,
-        "path": path,
-        "sync_batches": len(batches),
-        "sqs_messages": sum(len(batch) for batch in batches),
-        "seconds": round(elapsed, 2),
-        "calls": {**calls, "total": total},
-        "minimum": {**asdict(minimum), "tokens": tokens_needed(elapsed), "total": floor},
-        "patch_ratio": round(calls["patch"] / minimum.patches_per_batch, 3),
-        "ratio": round(total / floor, 3),
-        "ratio_vs_whole_stream": round(total / (floor - minimum.patches_per_batch + minimum.patches_whole_stream), 3),
-        "peer": {**asdict(peer), "total": peer.total},
-        "peer_ratio": round(peer.total / floor, 3),
-        "dynamodb_calls": dict(sorted(dynamo.items())),
-        "dynamodb_capacity": capacity,
+        "arrival_seconds": round(duration, 1),
+        "invocations": run.invocations,
+        "calls": {**calls, "total": sum(calls.values())},
+        "window_minimum": window_minimum,
+        "windows": windows.windows,
+        "whole_stream_minimum": whole_minimum,
+        "patch_ratio": round(calls["patch"] / max(1, window_minimum), 3),
+        "patch_ratio_whole_stream": round(calls["patch"] / max(1, whole_minimum), 3),
+        "peer_patches": peer.patch if peer else None,
+        "peer_total": peer.total if peer else None,
+        "peak_calls_per_minute": peak,
+        "share_over_criteo_limit": round(over_limit, 4),
+        "latency_p50_s": round(_percentile(run.waited, 0.5), 1),
+        "latency_p99_s": round(_percentile(run.waited, 0.99), 1),
+        "drain_after_last_arrival_s": round(drain, 1),
+        "last_window_minimum_s": round(last_window_minutes * 60, 1),
+        "largest_audience_flush": run.largest_audience_flush,
+        "dynamodb": {"rru": round(billed["rru"]), "wru": round(billed["wru"])},
         "spec_violations": len(servers.criteo.spec_violations),
     }
 
 
-def run(servers: Servers, quick: bool) -> list[dict[str, Any]]:
-    """Every stream of the benchmark (1k only in quick mode)."""
-    sizes = (1_000,) if quick else (1_000, 100_000, 1_000_000)
-    audiences = (1, 20) if quick else (1, 20, 200)
-    return [measure_stream(servers, StreamSpec(n, a)) for n in sizes for a in audiences]
+def run(servers: Servers, quick: bool, sizes: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """Every stream of the benchmark (1k and 100k over 1 and 20 audiences in quick mode)."""
+    sizes = sizes or ((1_000, 100_000) if quick else (1_000, 100_000, 1_000_000, 10_000_000))
+    audiences = (1, 20) if quick else (1, 20, 200, 2_000)
+    results = []
+    for n in sizes:
+        for a in audiences:
+            for burst in (True, False):
+                began = time.monotonic()
+                result = simulate(servers, StreamSpec(n, a), burst)
+                result["seconds"] = round(time.monotonic() - began, 1)
+                print(f"[bench] criteo_calls {result['stream']} {result['mode']}: {result}", flush=True)
+                results.append(result)
+    return results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from audience_sync.records import AudienceChange
@@ -33,7 +34,7 @@ class PeerCalls:
         return self.token + self.search + self.create + self.patch
 
 
-def peer_calls(changes: list[AudienceChange]) -> PeerCalls:
+def peer_calls(changes: Iterable[AudienceChange]) -> PeerCalls:
     """Count the peer's calls for a stream in arrival order."""
     pending: Counter[tuple[str, str]] = Counter()
     created: list[str] = []  # segment names in creation order: search finds them on that page

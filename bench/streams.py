@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ SQS_RECORD_OVERHEAD_BYTES = 1_000  # receipt handle, attributes, ARN... per SQS 
 MAX_MESSAGES_PER_INVOCATION = 1_000  # SyncBatchSize default
 TOKEN_LIFETIME_SECONDS = 900.0
 DUPLICATE_SHARE = 0.05  # redeliveries of an earlier event (same messageId)
+DUPLICATE_REACH = 2_000  # ... among the last this many
 REMOVE_SHARE = 0.3
 MADID_SHARE = 0.15  # users with a mobile advertising id besides their email: their events carry both
 BARE_EXIT_SHARE = 0.1  # exits that carry no identifier (only the userId): the ledger removes what it holds
@@ -62,17 +64,24 @@ def _identifiers(user: int, email_generation: int, madid: bool) -> Identifiers:
 
 
 def generate(spec: StreamSpec) -> list[AudienceChange]:
+    """The whole stream (`stream`) as a list."""
+    return list(stream(spec))
+
+
+def stream(spec: StreamSpec) -> Iterator[AudienceChange]:
     """Changes in arrival order, one per Segment event: mixed enters and exits (some carrying no identifier),
     users with an email and some with a madid too, repeat users, emails that change, late and duplicate
-    deliveries."""
+    deliveries. Yielded one by one (10M changes do not fit in memory as objects)."""
     rng = random.Random(spec.seed)
     users = max(10, spec.changes // 3)
     start_ms = 1_790_000_000_000
     keys: dict[int, str] = {}
-    changes: list[AudienceChange] = []
+    recent: deque[AudienceChange] = deque(maxlen=DUPLICATE_REACH)
     for index in range(spec.changes):
-        if changes and rng.random() < DUPLICATE_SHARE:
-            changes.append(changes[max(0, len(changes) - rng.randrange(1, 2_000))])
+        if recent and rng.random() < DUPLICATE_SHARE:
+            duplicate = recent[max(0, len(recent) - rng.randrange(1, DUPLICATE_REACH))]
+            recent.append(duplicate)
+            yield duplicate
             continue
         user = rng.randrange(users)
         key = keys.get(user) or keys.setdefault(user, _user_key(user))
@@ -84,8 +93,9 @@ def generate(spec: StreamSpec) -> list[AudienceChange]:
             identifiers = {}
         # Events arrive roughly in time order, up to 5 minutes late.
         timestamp = start_ms + index * 10 - rng.randrange(300_000)
-        changes.append(AudienceChange(audience, "", operation, key, timestamp, f"evt-{index}", identifiers))
-    return changes
+        change = AudienceChange(audience, "", operation, key, timestamp, f"evt-{index}", identifiers)
+        recent.append(change)
+        yield change
 
 
 def segment_requests(changes: list[AudienceChange]) -> Iterator[list[AudienceChange]]:
@@ -94,14 +104,14 @@ def segment_requests(changes: list[AudienceChange]) -> Iterator[list[AudienceCha
         yield changes[start : start + EVENTS_PER_SEGMENT_REQUEST]
 
 
-def sync_batches(changes: list[AudienceChange]) -> list[list[tuple[str, str]]]:
-    """What the sync function receives: ingest packs each request into messages; the SQS event source
-    fills each invocation up to 6 MB (or 1,000 messages). Each batch is a list of (message id, body)."""
+def invocations(requests: list[list[AudienceChange]], first_serial: int = 0) -> list[list[tuple[str, str]]]:
+    """Segment requests as the sync function receives them: ingest packs each into messages; the SQS event
+    source fills each invocation up to 6 MB (or 1,000 messages). Each batch is a list of (message id, body)."""
     batches: list[list[tuple[str, str]]] = []
     current: list[tuple[str, str]] = []
     size = 0
-    serial = 0
-    for request in segment_requests(changes):
+    serial = first_serial
+    for request in requests:
         for body in pack_changes(request):
             cost = len(body) + SQS_RECORD_OVERHEAD_BYTES
             if current and (size + cost > LAMBDA_PAYLOAD_BYTES or len(current) >= MAX_MESSAGES_PER_INVOCATION):
@@ -113,6 +123,11 @@ def sync_batches(changes: list[AudienceChange]) -> list[list[tuple[str, str]]]:
     if current:
         batches.append(current)
     return batches
+
+
+def sync_batches(changes: list[AudienceChange]) -> list[list[tuple[str, str]]]:
+    """The whole stream as the sync function receives it, delivered as fast as it can take it."""
+    return invocations(list(segment_requests(changes)))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from devtools.http_server import (
 )
 from devtools.lambda_runtime import load_function
 from devtools.local_aws import DEV_CRITEO, LocalAws, MotoServer, provision
-from devtools.poller import BatchReport, SqsPoller
+from devtools.poller import BatchReport, SqsPoller, outbox_waiting
 
 # (what, the local_pipeline / make local flag that moves it)
 PORT_ROLES = {
@@ -236,18 +236,19 @@ class LocalStack:
         self.on_batch = callback
 
     def wait_until_drained(self, max_seconds: float = 300.0) -> None:
-        """Block until the queue is empty and the poller is idle."""
+        """Block until the queue is empty, the poller is idle and nothing waits in the outbox."""
         give_up = time.monotonic() + max_seconds
         quiet_since = None
+        dynamodb = self.aws.client("dynamodb")
         while time.monotonic() < give_up:
-            if self.poller.backlog() == 0:
+            if self.poller.backlog() == 0 and outbox_waiting(dynamodb, self.aws.ledger_table) == 0:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > self.settings.window_seconds + 0.5:
                     return
             else:
                 quiet_since = None
             time.sleep(0.2)
-        raise TimeoutError(f"the queue did not drain within {max_seconds:.0f}s")
+        raise TimeoutError(f"the queue and the outbox did not drain within {max_seconds:.0f}s")
 
     def stop(self) -> None:
         """Stop the poller, then every server, in reverse order."""

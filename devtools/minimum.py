@@ -42,34 +42,63 @@ def patches_for(group_sizes: Iterable[int]) -> int:
     return sum(math.ceil(size / MAX_IDENTIFIERS) for size in group_sizes)
 
 
-def _order(change: AudienceChange) -> tuple[int, str]:
+Order = tuple[int, str]  # (timestamp_ms, message_id)
+
+
+def _order(change: AudienceChange) -> Order:
     return change.timestamp_ms, change.message_id
 
 
-def must_hold(events: list[AudienceChange]) -> Held:
-    """What Criteo must hold for one (audience, user) after these enters and exits (in any order)."""
-    newest = max(events, key=_order)
-    if newest.operation != ADD:
-        return {}
-    exits = [_order(e) for e in events if e.operation == REMOVE]
-    last_exit = max(exits) if exits else None
-    enters = [e for e in events if e.operation == ADD and (last_exit is None or _order(e) > last_exit)]
-    held: Held = {}
-    for id_type in {t for e in enters for t in e.identifiers}:
-        carrying = [e for e in enters if id_type in e.identifiers]
-        latest = max(e.timestamp_ms for e in carrying)
-        identifiers = {i for e in carrying if e.timestamp_ms == latest for i in e.identifiers[id_type]}
-        if identifiers:
-            held[id_type] = identifiers
-    return held
+class PairState:
+    """The rules above for one (audience, user), kept as the little they need instead of every event: the
+    newest event, the newest exit, and per type the identifiers of the newest enters after that exit (with
+    each identifier's newest order, so a later-arriving exit can still cut them)."""
+
+    __slots__ = ("exit", "held", "newest", "newest_in")
+
+    def __init__(self) -> None:
+        self.newest: Order | None = None
+        self.newest_in = False
+        self.exit: Order | None = None
+        self.held: dict[str, tuple[int, dict[str, Order]]] = {}  # type -> (timestamp, identifier -> order)
+
+    def add(self, change: AudienceChange) -> None:
+        """Take one more event into account (any arrival order)."""
+        order = _order(change)
+        if self.newest is None or order > self.newest:
+            self.newest, self.newest_in = order, change.operation == ADD
+        if change.operation == REMOVE:
+            if self.exit is None or order > self.exit:
+                self.exit = order
+                for id_type, (ts, ids) in list(self.held.items()):
+                    kept = {i: o for i, o in ids.items() if o > order}
+                    if kept or not ids:
+                        self.held[id_type] = (ts, kept)
+                    else:
+                        del self.held[id_type]
+            return
+        if self.exit is not None and order < self.exit:
+            return
+        for id_type, identifiers in change.identifiers.items():
+            current = self.held.get(id_type)
+            if current is None or change.timestamp_ms > current[0]:
+                self.held[id_type] = (change.timestamp_ms, {i: order for i in identifiers})
+            elif change.timestamp_ms == current[0]:
+                for identifier in identifiers:
+                    current[1][identifier] = max(order, current[1].get(identifier, order))
+
+    def must_hold(self) -> Held:
+        """What Criteo must hold for the pair now."""
+        if not self.newest_in:
+            return {}
+        return {t: set(ids) for t, (_, ids) in self.held.items() if ids}
 
 
 class Replay:
     """Batches applied one after another, each starting from what the earlier ones left in Criteo."""
 
     def __init__(self) -> None:
-        self._events: dict[Pair, list[AudienceChange]] = {}
-        self._held: dict[Pair, Held] = {}
+        self._states: dict[Pair, PairState] = {}
 
     def batch(self, changes: Iterable[AudienceChange]) -> Counter[Group]:
         """Distinct identifiers to send per (audience, operation, identifier type) for this batch."""
@@ -79,11 +108,14 @@ class Replay:
                 touched.setdefault((change.audience_key, change.user), []).append(change)
         groups: dict[Group, set[str]] = {}
         for pair, new in touched.items():
-            seen = pair in self._events
-            before = self._held.get(pair, {})
-            events = self._events.setdefault(pair, [])
-            events.extend(new)
-            after = self._held[pair] = must_hold(events)
+            state = self._states.get(pair)
+            seen = state is not None
+            if state is None:
+                state = self._states[pair] = PairState()
+            before = state.must_hold()
+            for change in new:
+                state.add(change)
+            after = state.must_hold()
             if not seen and not after:
                 before = _carried_by_exits(new)
             for operation, sending, against in ((ADD, after, before), (REMOVE, before, after)):
@@ -100,6 +132,89 @@ def _carried_by_exits(changes: list[AudienceChange]) -> Held:
             for id_type, identifiers in change.identifiers.items():
                 carried.setdefault(id_type, set()).update(identifiers)
     return carried
+
+
+class WindowMinimum:
+    """The fewest PATCHes when changes arriving within one flush interval share calls, and a window that
+    can't be sent within its span at `per_minute` calls grows until it can (a burst faster than the budget
+    is one window). Fed in arrival order; per window, per (audience, user): what Criteo must hold at its end
+    against what it held at its start. Group sizes add up per user (the benchmark streams share no
+    identifier between users), kept incrementally so any stream size fits in memory."""
+
+    def __init__(self, interval_seconds: float, per_minute: float) -> None:
+        self.interval = interval_seconds
+        self.per_minute = per_minute
+        self.states: dict[Pair, PairState] = {}
+        self.patches = 0  # closed windows
+        self.windows = 0
+        self.last_window_patches = 0
+        self._start = self._end = 0.0
+        self._open = False
+        self._before: dict[Pair, Held | None] = {}
+        self._carried: dict[Pair, Held] = {}
+        self._sizes: Counter[Group] = Counter()
+        self._calls = 0
+        self._contribution: dict[Pair, Counter[Group]] = {}
+
+    def add(self, at: float, change: AudienceChange) -> None:
+        """One change arriving at `at` (seconds, non-decreasing)."""
+        if change.operation not in (ADD, REMOVE):
+            return
+        if not self._open:
+            self._start, self._end, self._open = at, at + self.interval, True
+        elif at >= self._end:
+            sendable = self.per_minute * (self._end - self._start) / 60.0
+            if self._calls > sendable:
+                self._end = max(self._end, self._start + self._calls * 60.0 / self.per_minute)
+            if at >= self._end:
+                self._close()
+                self._start, self._end, self._open = at, at + self.interval, True
+        pair = (change.audience_key, change.user)
+        state = self.states.get(pair)
+        if state is None:
+            state = self.states[pair] = PairState()
+            self._before[pair] = None  # never seen: Criteo may hold what its exits carry
+        elif pair not in self._before:
+            self._before[pair] = state.must_hold()
+        if change.operation == REMOVE and self._before[pair] is None:
+            carried = self._carried.setdefault(pair, {})
+            for id_type, identifiers in change.identifiers.items():
+                carried.setdefault(id_type, set()).update(identifiers)
+        state.add(change)
+        self._recount(pair, state)
+
+    def _recount(self, pair: Pair, state: PairState) -> None:
+        after = state.must_hold()
+        before = self._before[pair]
+        if before is None:
+            before = {} if after else self._carried.get(pair, {})
+        new: Counter[Group] = Counter()
+        for operation, sending, against in ((ADD, after, before), (REMOVE, before, after)):
+            for id_type, identifiers in sending.items():
+                n = len(identifiers - against.get(id_type, set()))
+                if n:
+                    new[(pair[0], operation, id_type)] = n
+        old = self._contribution.get(pair, Counter())
+        for group in set(old) | set(new):
+            size = self._sizes[group]
+            self._calls -= math.ceil(size / MAX_IDENTIFIERS)
+            size += new[group] - old[group]
+            self._sizes[group] = size
+            self._calls += math.ceil(size / MAX_IDENTIFIERS)
+        self._contribution[pair] = new
+
+    def _close(self) -> None:
+        self.patches += self._calls
+        self.windows += 1
+        self.last_window_patches = self._calls
+        self._before, self._carried, self._sizes, self._calls, self._contribution = {}, {}, Counter(), 0, {}
+
+    def finish(self) -> int:
+        """Close the last window; the total."""
+        if self._open:
+            self._close()
+            self._open = False
+        return self.patches
 
 
 def minimum_patches(changes: Iterable[AudienceChange]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,14 @@ class PollStats:
     messages: int = 0
     failed: int = 0
     crashed: int = 0
+
+
+def outbox_waiting(dynamodb: Any, table: str) -> int:
+    """Audiences with changes waiting in the outbox (its summary items)."""
+    page = dynamodb.query(
+        TableName=table, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "outbox"}}
+    )
+    return int(page["Count"])
 
 
 # What EventBridge Scheduler's minute schedule sends (the handler only checks that it is not an SQS batch).
@@ -158,7 +167,8 @@ class SqsPoller:
         (None when the invocation did not flush: another held the flusher lease, or it crashed)."""
         try:
             result = self.handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=self.function_timeout_seconds))
-        except Exception:  # as in Lambda: the next schedule tries again
+        except Exception:  # as in Lambda: logged, and the next schedule tries again
+            traceback.print_exc()
             self.stats.crashed += 1
             return None
         waiting = (result or {}).get("outbox_audiences")

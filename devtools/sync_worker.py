@@ -63,7 +63,7 @@ def batch_minimum(bodies: list[str]) -> tuple[int, int]:
 
 
 def reporting(handler: Handler, out: IO[str]) -> Handler:
-    """Wrap the handler: a `start` line before each invocation and an `end` line after it."""
+    """Wrap the handler: a `start` line before each SQS invocation and an `end` line after it."""
     numbers = itertools.count(1)
 
     def emit(line: dict[str, Any]) -> None:
@@ -71,6 +71,8 @@ def reporting(handler: Handler, out: IO[str]) -> Handler:
         out.flush()
 
     def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if "Records" not in event:  # the minute schedule's flush
+            return handler(event, context)
         number = next(numbers)
         bodies = [record["body"] for record in event["Records"]]
         records, patches = batch_minimum(bodies)

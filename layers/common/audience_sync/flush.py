@@ -1,7 +1,8 @@
 """The flush: each audience's outbox to Criteo when a call is worth making, within the shared call budget.
 
-An audience is sent when its oldest waiting change is `interval` old and either no change came for a quiet
-moment or the backlog can be sent within that age; groups of 50,000 go at once. Under a backlog the budget
+An audience is sent when its oldest waiting change is `interval` old (or the backlog is longer than that)
+and either no change came for a quiet moment or the backlog can be sent within that age; groups of 50,000
+go at once. Under a backlog the budget
 goes to full groups first, then to the oldest (docs/design.md, "Fewest calls").
 """
 
@@ -56,9 +57,9 @@ class FlushPolicy:
         if waiting.retry > now:
             return None
         age, quiet = now - waiting.first, now - waiting.last
-        if age >= self.interval_seconds and (
-            quiet >= min(self.quiet_seconds, self.interval_seconds) or age >= backlog_seconds
-        ):
+        # Under a backlog longer than the interval, an audience whose burst is over need not wait for it.
+        due = age >= self.interval_seconds or backlog_seconds >= self.interval_seconds
+        if due and (quiet >= min(self.quiet_seconds, self.interval_seconds) or age >= backlog_seconds):
             return ALL
         if any(n >= MAX_IDENTIFIERS_PER_PATCH for n in waiting.counts.values()):
             return FULL_ONLY
@@ -250,12 +251,16 @@ def run_flushes(
     flusher: Flusher,
     poll_seconds: float,
     keep_going: Callable[[], bool],
+    renew_lease: Callable[[], bool],
     sleep: Callable[[float], None] = time.sleep,
 ) -> FlushReport:
-    """Ticks every `poll_seconds` while anything waits and `keep_going()`; the reports added up."""
+    """Ticks every `poll_seconds` while anything waits, `keep_going()` and the flusher lease could be renewed;
+    the reports added up."""
     total = FlushReport()
     while True:
         total.add(flusher.tick())
         if not total.gauges["outbox_audiences"] or not keep_going():
             return total
         sleep(poll_seconds)
+        if not renew_lease():
+            return total

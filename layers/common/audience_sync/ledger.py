@@ -59,7 +59,9 @@ class Ledger(Table):
         return self._lease(f"lock#{audience_key}", wait_seconds)
 
     def acquire_flusher(self) -> bool:
-        """Take the one flusher lease without waiting (one flush at a time, whichever invocation runs it)."""
+        """Take (or, taken, extend) the one flusher lease without waiting: one flush at a time, whichever
+        invocation runs it. Like an audience's, it outlasts the function's timeout: two flushers of one audience
+        could delete each other's entries, so one that crashed holds the flush back until it expires."""
         return self._lease(FLUSHER_LEASE, 0.0) is not None
 
     def release(self, audience_key: str) -> None:

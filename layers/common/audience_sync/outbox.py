@@ -148,25 +148,27 @@ class Outbox(Table):
         ]
 
     def finish(self, waiting: Waiting, outcome: Outcome) -> bool:
-        """Replace the entries read by the carry (written where the last one was, so it stays before any entry
-        appended since), then update the summary: dropped when nothing was appended meanwhile and nothing is
+        """Replace the entries read by the carry (written after them and before any entry appended since),
+        then update the summary: dropped when nothing was appended meanwhile and nothing is
         carried, else the counts corrected. True when nothing waits for the audience any more."""
         queued = min((stored.queued for stored in outcome.read), default=self.clock())
-        gone = [(ENTRIES + waiting.audience_key, s.sk) for s in outcome.read]
+        carried: list[Item] = []
         if outcome.carry:
-            last = outcome.read[-1]
-            gone.pop()
-            self._put(
-                [
-                    {
-                        "pk": {"S": ENTRIES + waiting.audience_key},
-                        "sk": {"S": last.sk},
-                        "d": {"B": encode(outcome.carry)},
-                        "q": {"N": f"{queued:.3f}"},
-                    }
-                ]
-            )
-        self._delete(gone)
+            # After the entries read (same sequence number, `c` sorts after the digits of their parts) and
+            # before any appended since (higher sequence numbers); in parts, like any entry.
+            seq = outcome.read[-1].sk.split("#")[0]
+            carried = [
+                {
+                    "pk": {"S": ENTRIES + waiting.audience_key},
+                    "sk": {"S": f"{seq}#c{index:04d}"},
+                    "d": {"B": encode(part)},
+                    "q": {"N": f"{queued:.3f}"},
+                }
+                for index, part in enumerate(split(outcome.carry))
+            ]
+            self._put(carried)
+        rewritten = {item["sk"]["S"] for item in carried}
+        self._delete((ENTRIES + waiting.audience_key, s.sk) for s in outcome.read if s.sk not in rewritten)
         key = {"pk": {"S": SUMMARIES}, "sk": {"S": waiting.audience_key}}
         unchanged = {":last": {"N": f"{waiting.last:.3f}"}}
         if not outcome.carry:

@@ -41,7 +41,7 @@ class Table:
             for start in range(0, len(key_list), BATCH_GET_KEYS)
         ]
         found: list[Item] = []
-        for responses in self._pool.map(partial(self._until_processed, "BatchGetItem", "UnprocessedKeys"), requests):
+        for responses in self._map(partial(self._until_processed, "BatchGetItem", "UnprocessedKeys"), requests):
             for response in responses:
                 found.extend(response.get("Responses", {}).get(self.table, []))
         return found
@@ -58,7 +58,13 @@ class Table:
         requests = [
             {self.table: writes[start : start + BATCH_WRITE_ITEMS]} for start in range(0, len(writes), BATCH_WRITE_ITEMS)
         ]
-        list(self._pool.map(partial(self._until_processed, "BatchWriteItem", "UnprocessedItems"), requests))
+        list(self._map(partial(self._until_processed, "BatchWriteItem", "UnprocessedItems"), requests))
+
+    def _map(self, call: Callable[[Item], list[Item]], requests: list[Item]) -> Iterable[list[Item]]:
+        """Several batch calls in parallel; one is made in this thread (a handoff costs more than it saves)."""
+        if len(requests) <= 1:
+            return [call(request) for request in requests]
+        return self._pool.map(call, requests)
 
     def _query(self, pk: str, prefix: str = "", projection: str | None = None) -> list[Item]:
         """Every item of a partition (whose sk starts with `prefix`), strongly consistent, all pages."""

@@ -1,0 +1,478 @@
+"""The flush stage against moto server and the Criteo emulator: the shared call budget, the flush policy, the
+outbox's items, and the Flusher sending netted entries with the fewest calls, within the budget, safely repeated."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from audience_sync.budget import CallBudget
+from audience_sync.criteo.auth import CriteoCredentials, TokenCache
+from audience_sync.criteo.client import CriteoClient
+from audience_sync.criteo.segments import SEGMENT_IDS
+from audience_sync.flush import ALL, FULL_ONLY, Flusher, FlushPolicy
+from audience_sync.outbox import Outbox, Outcome, Waiting, stored_counts
+from audience_sync.plan import Entry, net
+from audience_sync.queue import QueueWriter
+from audience_sync.sync import DeadLetters, SyncOptions
+from devtools.criteo_emulator import CriteoEmulator
+from devtools.local_aws import DEV_CRITEO, MotoServer
+from tests.conftest import Stack, make_stack
+
+API_VERSION = "2026-07"
+START = 1_800_000_000.0
+ADD_EMAIL = ("add", "email")
+REMOVE_EMAIL = ("remove", "email")
+
+
+def email(i: int) -> str:
+    """A hashed email as Criteo's spec wants it: 64 lowercase hex characters."""
+    return hashlib.sha256(f"user{i}@example.com".encode()).hexdigest()
+
+
+def emails(start: int, stop: int) -> set[str]:
+    return {email(i) for i in range(start, stop)}
+
+
+def adds(ids: set[str]) -> Entry:
+    return Entry({}, {"email": set(ids)})
+
+
+def removes(ids: set[str]) -> Entry:
+    return Entry({"email": set(ids)}, {})
+
+
+class Clock:
+    """A clock advanced by hand; `step` is added at every reading, so concurrent writers never read the same time."""
+
+    def __init__(self, now: float = START, step: float = 0.0) -> None:
+        self.now = now
+        self.step = step
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.now += self.step
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def cold_segment_cache() -> Iterator[None]:
+    """Segment ids are cached per container (module level); the emulator forgets its segments between tests."""
+    SEGMENT_IDS.clear()
+    yield
+    SEGMENT_IDS.clear()
+
+
+@pytest.fixture
+def aws_stack(moto_server: MotoServer, criteo: CriteoEmulator) -> Stack:
+    return make_stack(moto_server, criteo)
+
+
+def new_outbox(stack: Stack, clock: Callable[[], float] = time.time) -> Outbox:
+    return Outbox(stack.aws.client("dynamodb"), stack.aws.ledger_table, clock)
+
+
+def new_flusher(
+    stack: Stack,
+    policy: FlushPolicy,
+    clock: Callable[[], float] = time.time,
+    tokens: TokenCache | None = None,
+    seconds_left: Callable[[], float] = lambda: 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Flusher:
+    """A Flusher wired like functions/sync/app.py, against the stack's table, DLQ and the emulator."""
+    dynamodb = stack.aws.client("dynamodb")
+    client = CriteoClient(
+        requests.Session(),
+        stack.criteo.url,
+        API_VERSION,
+        CriteoCredentials(**DEV_CRITEO),
+        seconds_left,
+        tokens=tokens or TokenCache(),
+        sleep=sleep,
+    )
+    return Flusher(
+        client,
+        Outbox(dynamodb, stack.aws.ledger_table, clock),
+        CallBudget(
+            dynamodb, stack.aws.ledger_table, policy.calls_per_minute, clock, burst=policy.calls_per_minute / 20
+        ),
+        DeadLetters(QueueWriter(stack.aws.client("sqs"), stack.aws.dead_letter_queue_url)),
+        SyncOptions(),
+        policy,
+        seconds_left,
+    )
+
+
+def patches_sent(criteo: CriteoEmulator) -> list[tuple[str, int]]:
+    """(operation, identifiers Criteo counted valid) per PATCH Criteo applied, in order."""
+    return [(p["operation"], p["valid"]) for p in criteo.patch_log]
+
+
+# --- 1. the call budget ---------------------------------------------------------------------------------------
+
+
+def test_budget_bucket_refills_at_its_rate_up_to_its_burst(aws_stack: Stack) -> None:
+    clock = Clock()
+    budget = CallBudget(aws_stack.aws.client("dynamodb"), aws_stack.aws.ledger_table, 60, clock, burst=3)
+    assert (budget.rate, budget.capacity) == (1.0, 3.0)
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+    assert budget.seconds_until(1) == pytest.approx(1.0)
+    assert budget.seconds_until(3) == pytest.approx(3.0)
+    clock.advance(2)
+    assert budget.seconds_until(1) == 0.0
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+    clock.advance(600)  # a long pause fills the bucket to its burst, no more
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+
+
+def test_budget_charged_calls_are_a_debt_paid_by_waiting(aws_stack: Stack) -> None:
+    clock = Clock()
+    budget = CallBudget(aws_stack.aws.client("dynamodb"), aws_stack.aws.ledger_table, 60, clock, burst=3)
+    budget.charge(5)  # 3 - 5 = -2
+    assert not budget.take()
+    assert budget.seconds_until(1) == pytest.approx(3.0)
+    clock.advance(2.5)
+    assert not budget.take()  # 0.5 tokens
+    assert budget.seconds_until(1) == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert budget.take()
+    assert not budget.take()
+    budget.charge(0)  # nothing made, nothing charged
+    clock.advance(1)
+    assert budget.take()
+
+
+def test_budget_is_shared_by_every_invocation(aws_stack: Stack) -> None:
+    clock = Clock()
+    dynamodb = aws_stack.aws.client("dynamodb")
+    first = CallBudget(dynamodb, aws_stack.aws.ledger_table, 60, clock, burst=3)
+    second = CallBudget(aws_stack.aws.client("dynamodb"), aws_stack.aws.ledger_table, 60, clock, burst=3)
+    assert first.take() and first.take()
+    assert second.take()
+    assert not second.take() and not first.take()
+    second.charge(2)
+    clock.advance(2)
+    assert not first.take()  # the 2 tokens refilled paid the other invocation's debt
+    clock.advance(1)
+    assert first.take()
+
+
+def test_budget_concurrent_takes_never_grant_more_than_the_bucket_holds(aws_stack: Stack) -> None:
+    clock = Clock(step=1e-6)  # distinct timestamps; refill during the test is negligible
+    budgets = [
+        CallBudget(aws_stack.aws.client("dynamodb"), aws_stack.aws.ledger_table, 60, clock, burst=3) for _ in range(4)
+    ]
+    with ThreadPoolExecutor(12) as pool:
+        granted = list(pool.map(lambda i: budgets[i % 4].take(), range(12)))
+    assert 1 <= sum(granted) <= 3
+    assert not budgets[0].take()
+
+
+# --- 2. the flush policy (pure) ---------------------------------------------------------------------------------
+
+
+def waiting(first: float, last: float, counts: dict[tuple[str, str], int], retry: float = 0.0) -> Waiting:
+    return Waiting("a", "Cart", first, last, counts, retry=retry)
+
+
+def test_policy_waits_for_the_interval_then_sends_everything_when_the_backlog_is_small() -> None:
+    policy = FlushPolicy(interval_seconds=60, quiet_seconds=15)
+    small = {ADD_EMAIL: 10}
+    assert policy.mode(waiting(1000, 1000, small), 1000 + 59.9, 0.0) is None
+    assert policy.mode(waiting(1000, 1059, small), 1060, 0.0) == ALL  # still busy, but nothing else waits
+    assert policy.mode(waiting(1000, 1059, small), 1060, 59.0) == ALL
+
+
+def test_policy_under_a_backlog_waits_for_a_busy_audience_to_go_quiet() -> None:
+    policy = FlushPolicy(interval_seconds=60, quiet_seconds=15)
+    small = {ADD_EMAIL: 10}
+    backlog = 300.0  # longer than the audience's age: others need the budget
+    assert policy.mode(waiting(1000, 1055, small), 1060, backlog) is None  # changed 5 s ago
+    assert policy.mode(waiting(1000, 1045, small), 1060, backlog) == ALL  # quiet for 15 s
+    assert policy.mode(waiting(1000, 1299, small), 1300, backlog) == ALL  # as old as the backlog: its turn
+    assert policy.mode(waiting(1000, 1299, small), 1299, backlog) is None
+    # the quiet moment is capped at the interval
+    short = FlushPolicy(interval_seconds=5, quiet_seconds=15)
+    assert short.mode(waiting(1000, 1005, small), 1010, backlog) == ALL
+
+
+def test_policy_sends_full_groups_at_once_and_respects_the_retry_time() -> None:
+    policy = FlushPolicy(interval_seconds=60)
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1000, 0.0) == FULL_ONLY
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10, REMOVE_EMAIL: 120_000}), 1001, 0.0) == FULL_ONLY
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 49_999}), 1000, 0.0) is None
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1060, 0.0) == ALL
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}, retry=1070), 1060, 0.0) is None
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10}, retry=1070), 1069, 0.0) is None
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10}, retry=1070), 1070, 0.0) == ALL
+
+
+def test_policy_backlog_is_the_time_the_budget_needs_for_every_call() -> None:
+    policy = FlushPolicy(calls_per_minute=200)
+    backlog = [waiting(0, 0, {ADD_EMAIL: 120_000, REMOVE_EMAIL: 1}), waiting(0, 0, {ADD_EMAIL: 50_000})]
+    assert policy.backlog_seconds(backlog) == pytest.approx((3 + 1 + 1) * 60 / 200)
+    assert policy.backlog_seconds([]) == 0.0
+
+
+# --- 3. the outbox's items ------------------------------------------------------------------------------------
+
+
+def test_outbox_appends_sum_up_and_read_back_in_order(aws_stack: Stack) -> None:
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    first = adds(emails(0, 3))
+    second = Entry({"email": {email(0)}}, {"email": emails(3, 5), "madid": {"6d92078a-8246-4ba4-ae5b-76104861e7dc"}})
+    outbox.append("a", 1, first, "Cart", queued=START - 30)
+    clock.advance(5)
+    outbox.append("a", 2, second, "Cart", queued=START - 10)
+    [summary] = outbox.waiting()
+    assert (summary.audience_key, summary.name, summary.fails, summary.retry) == ("a", "Cart", 0, 0.0)
+    assert summary.first == pytest.approx(START - 30)
+    assert summary.last == pytest.approx(START + 5)
+    assert summary.counts == {ADD_EMAIL: 5, REMOVE_EMAIL: 1, ("add", "madid"): 1}
+    stored = outbox.entries("a")
+    assert [s.entry for s in stored] == [first, second]
+    assert [s.queued for s in stored] == pytest.approx([START - 30, START - 10])
+    assert outbox.entries("b") == []
+
+
+def test_outbox_entry_larger_than_an_item_is_stored_in_parts_and_read_back_whole(aws_stack: Stack) -> None:
+    outbox = new_outbox(aws_stack)
+    big = Entry({"email": emails(0, 4_500)}, {"email": emails(10_000, 15_000)})
+    outbox.append("a", 7, big, "Cart", queued=START)
+    stored = outbox.entries("a")
+    assert len(stored) == 3  # 9,500 identifiers, 4,000 an item
+    assert all(s.sk.startswith("000000000007#") for s in stored)
+    assert net(s.entry for s in stored) == big
+    assert outbox.waiting()[0].counts == {REMOVE_EMAIL: 4_500, ADD_EMAIL: 5_000}
+
+
+def test_outbox_finish_drops_what_was_read_when_nothing_came_meanwhile(aws_stack: Stack) -> None:
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", 1, adds(emails(0, 2)), "Cart", queued=START)
+    outbox.append("a", 2, removes({email(0)}), "Cart", queued=START)
+    [summary] = outbox.waiting()
+    read = outbox.entries("a")
+    assert outbox.finish(summary, Outcome(read, carry=None, counts_before=stored_counts(read)))
+    assert outbox.waiting() == []
+    assert outbox.entries("a") == []
+
+
+def test_outbox_finish_keeps_an_entry_appended_after_the_read(aws_stack: Stack) -> None:
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", 1, adds(emails(0, 2)), "Cart", queued=START)
+    outbox.append("a", 2, removes({email(0)}), "Cart", queued=START)
+    [summary] = outbox.waiting()
+    read = outbox.entries("a")
+    clock.advance(1)
+    late = adds(emails(5, 8))
+    outbox.append("a", 3, late, "Cart", queued=START + 1)  # the sync appends while the flush runs
+    clock.advance(1)
+    assert not outbox.finish(summary, Outcome(read, carry=None, counts_before=stored_counts(read)))
+    [left] = outbox.waiting()
+    assert left.counts == {ADD_EMAIL: 3}
+    assert [s.entry for s in outbox.entries("a")] == [late]
+
+
+def test_outbox_finish_carries_what_was_not_sent_before_later_entries(aws_stack: Stack) -> None:
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", 1, adds(emails(0, 3)), "Cart", queued=START - 20)
+    outbox.append("a", 2, removes({email(1)}), "Cart", queued=START - 10)
+    [summary] = outbox.waiting()
+    read = outbox.entries("a")
+    outbox.append("a", 3, adds({email(1)}), "Cart", queued=START)  # appended meanwhile: must stay last
+    carry = adds({email(2)})
+    assert not outbox.finish(summary, Outcome(read, carry=carry, counts_before=stored_counts(read)))
+    assert [s.entry for s in outbox.entries("a")] == [carry, adds({email(1)})]
+    [left] = outbox.waiting()
+    assert left.counts == {ADD_EMAIL: 2}
+    assert left.first == pytest.approx(START - 20)
+
+
+# --- 4. the Flusher: fewest calls ------------------------------------------------------------------------------
+
+
+def test_flush_sends_netted_entries_in_the_fewest_patches(aws_stack: Stack) -> None:
+    criteo = aws_stack.criteo
+    outbox = new_outbox(aws_stack)
+    added = emails(0, 120_000)
+    ordered = sorted(added)
+    for seq, start in enumerate(range(0, 120_000, 40_000), start=1):
+        outbox.append("a", seq, adds(set(ordered[start : start + 40_000])), "Cart", queued=time.time())
+    gone = {hashlib.sha256(f"gone{i}@example.com".encode()).hexdigest() for i in range(10)}
+    outbox.append("a", 4, removes(gone), "Cart", queued=time.time())
+    report = new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000)).tick()
+    assert patches_sent(criteo) == [("remove", 10), ("add", 50_000), ("add", 50_000), ("add", 20_000)]
+    assert (criteo.count("token"), criteo.count("search"), criteo.count("create")) == (1, 1, 1)
+    assert aws_stack.members("a") == added
+    assert report.counts["patches"] == 4 and report.counts["identifiers_added"] == 120_000
+    assert report.emptied == 1
+    assert outbox.waiting() == [] and outbox.entries("a") == []
+
+
+def test_flush_before_the_interval_sends_only_full_groups_and_keeps_the_rest(aws_stack: Stack) -> None:
+    criteo = aws_stack.criteo
+    outbox = new_outbox(aws_stack)
+    added = sorted(emails(0, 120_000))
+    for seq, start in enumerate(range(0, 120_000, 60_000), start=1):
+        outbox.append("b", seq, adds(set(added[start : start + 60_000])), "Big", queued=time.time())
+    tokens = TokenCache()
+    report = new_flusher(aws_stack, FlushPolicy(interval_seconds=3600, calls_per_minute=6000), tokens=tokens).tick()
+    assert report.counts["dependency_errors"] == 0
+    assert patches_sent(criteo) == [("add", 50_000), ("add", 50_000)]
+    assert aws_stack.members("b") == set(added[:100_000])
+    [left] = outbox.waiting()
+    assert left.counts == {ADD_EMAIL: 20_000}
+    assert net(s.entry for s in outbox.entries("b")) == adds(set(added[100_000:]))
+    # Not full any more: the remainder waits for the interval (here: a flusher without one sends it).
+    new_flusher(aws_stack, FlushPolicy(interval_seconds=3600, calls_per_minute=6000), tokens=tokens).tick()
+    assert len(criteo.patch_log) == 2
+    new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), tokens=tokens).tick()
+    assert patches_sent(criteo)[2:] == [("add", 20_000)]
+    assert aws_stack.members("b") == set(added)
+    assert outbox.waiting() == []
+
+
+# --- 5. the Flusher within the budget ----------------------------------------------------------------------------
+
+
+def test_flush_makes_no_more_patches_than_the_budget_holds(aws_stack: Stack) -> None:
+    criteo = aws_stack.criteo
+    clock = Clock(step=1e-6)
+    outbox = new_outbox(aws_stack, clock)
+    audiences = [f"aud{n}" for n in range(5)]
+    tokens = TokenCache()
+    # The segments exist already (an earlier flush made them): every call of the tick below is a PATCH.
+    for n, audience in enumerate(audiences):
+        outbox.append(audience, 1, removes({email(900 + n)}), audience, queued=clock())
+    new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), clock, tokens).tick()
+    assert outbox.waiting() == [] and criteo.count("patch") == 5
+    calls_before = len(criteo.calls)
+    for n, audience in enumerate(audiences):
+        outbox.append(audience, 2, adds(emails(10 * n, 10 * n + 3)), audience, queued=clock())
+    limited = FlushPolicy(interval_seconds=0, calls_per_minute=60)  # 1 call a second, 3 at once
+    report = new_flusher(aws_stack, limited, clock, tokens).tick()
+    assert len(criteo.calls) - calls_before == 3 and criteo.count("patch") == 5 + 3  # PATCHes only
+    assert report.counts["patches"] == 3 and report.counts["budget_waits"] >= 1
+    sent = {a for a in audiences if aws_stack.members(a)}
+    assert len(sent) == 3
+    assert {w.audience_key for w in outbox.waiting()} == set(audiences) - sent
+    # Nothing refilled yet: the next tick sends nothing; 2 s later the other two go.
+    report = new_flusher(aws_stack, limited, clock, tokens).tick()
+    assert criteo.count("patch") == 5 + 3 and report.counts["budget_waits"] >= 1
+    clock.advance(2)
+    report = new_flusher(aws_stack, limited, clock, tokens).tick()
+    assert criteo.count("patch") == 5 + 5 and report.counts["budget_waits"] == 0
+    assert outbox.waiting() == []
+    for n, audience in enumerate(audiences):
+        assert aws_stack.members(audience) == emails(10 * n, 10 * n + 3)
+
+
+def test_flush_charges_segment_searches_and_creates_to_the_budget(aws_stack: Stack) -> None:
+    criteo = aws_stack.criteo
+    clock = Clock(step=1e-6)
+    outbox = new_outbox(aws_stack, clock)
+    audiences = [f"aud{n}" for n in range(5)]
+    for n, audience in enumerate(audiences):
+        outbox.append(audience, 1, adds(emails(10 * n, 10 * n + 3)), audience, queued=clock())
+    flusher = new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=60), clock)
+    report = flusher.tick()
+    calls = sum(criteo.count(kind) for kind in ("token", "search", "create", "patch"))
+    assert calls == flusher.criteo.stats.total_calls
+    assert criteo.count("patch") <= 3
+    assert report.counts["budget_waits"] >= 1
+    assert len(outbox.waiting()) == 5 - criteo.count("patch")
+    # Every call made is taken from the bucket (3 tokens): the debt is paid by waiting, 1 s a call.
+    assert flusher.budget.seconds_until(1) == pytest.approx(calls - 3 + 1, abs=0.01)
+
+
+# --- 6. a flush that fails or dies midway ------------------------------------------------------------------------
+
+
+def seed_passing_once_then_failing(error_rate: float, failures: int) -> int:
+    """A seed for the emulator's random faults (random.Random(seed), a call fails when a draw < error_rate):
+    the next call passes and the `failures` calls after it fail."""
+    for seed in range(10_000):
+        draws = random.Random(seed)
+        if draws.random() >= error_rate and all(draws.random() < error_rate for _ in range(failures)):
+            return seed
+    raise AssertionError("no such seed")
+
+
+def prime(stack: Stack, outbox: Outbox, tokens: TokenCache) -> None:
+    """Flush one unrelated remove so the segment exists and its id and the token are cached."""
+    outbox.append("a", 1, removes({email(999)}), "Cart", queued=time.time())
+    new_flusher(stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), tokens=tokens).tick()
+    assert stack.criteo.count("patch") == 1 and outbox.waiting() == []
+
+
+def test_flush_failing_midway_is_completed_by_the_next_one(aws_stack: Stack) -> None:
+    criteo = aws_stack.criteo
+    outbox = new_outbox(aws_stack)
+    tokens = TokenCache()
+    prime(aws_stack, outbox, tokens)
+    outbox.append("a", 2, adds({email(1), email(2), email(3)}), "Cart", queued=time.time())
+    outbox.append("a", 3, removes({email(2)}), "Cart", queued=time.time())
+    # Netted: remove x2, then add x1 and x3. The remove goes through; every attempt of the add fails (503).
+    criteo.faults.error_rate = 0.95
+    criteo.faults.seed = seed_passing_once_then_failing(0.95, 8)
+    policy = FlushPolicy(interval_seconds=0, calls_per_minute=6000, retry_seconds=0)
+    report = new_flusher(aws_stack, policy, tokens=tokens, sleep=lambda _: None).tick()
+    assert report.counts["flush_failures"] == 1 and report.counts["patches"] == 1
+    assert patches_sent(criteo)[1:] == [("remove", 1)]
+    assert aws_stack.members("a") == set()
+    [left] = outbox.waiting()
+    assert left.fails == 1 and left.counts == {ADD_EMAIL: 2}
+    assert net(s.entry for s in outbox.entries("a")) == adds({email(1), email(3)})
+    criteo.faults.clear()
+    new_flusher(aws_stack, policy, tokens=tokens).tick()
+    assert aws_stack.members("a") == {email(1), email(3)}
+    assert outbox.waiting() == [] and outbox.entries("a") == []
+
+
+class Killed(Exception):
+    """The Lambda runtime ended the invocation."""
+
+
+def test_flush_killed_midway_is_safe_to_repeat(aws_stack: Stack) -> None:
+    criteo = aws_stack.criteo
+    outbox = new_outbox(aws_stack)
+    tokens = TokenCache()
+    prime(aws_stack, outbox, tokens)
+    outbox.append("a", 2, adds({email(1), email(2), email(3)}), "Cart", queued=time.time())
+    outbox.append("a", 3, removes({email(2)}), "Cart", queued=time.time())
+    outbox.append("a", 4, adds({email(4)}), "Cart", queued=time.time())
+    outbox.append("a", 5, removes({email(4)}), "Cart", queued=time.time())
+    checks = 0
+
+    def seconds_left() -> float:  # asked before the audience and before each PATCH: killed before the second
+        nonlocal checks
+        checks += 1
+        if checks > 2:
+            raise Killed
+        return 300.0
+
+    with pytest.raises(Killed):
+        new_flusher(aws_stack, FlushPolicy(interval_seconds=0), tokens=tokens, seconds_left=seconds_left).tick()
+    assert patches_sent(criteo)[1:] == [("remove", 2)]
+    assert len(outbox.entries("a")) == 4  # nothing was finished: all of it is sent again
+    new_flusher(aws_stack, FlushPolicy(interval_seconds=0), tokens=tokens).tick()
+    assert patches_sent(criteo)[2:] == [("remove", 2), ("add", 2)]
+    assert aws_stack.members("a") == {email(1), email(3)}
+    assert outbox.waiting() == []
