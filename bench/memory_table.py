@@ -65,7 +65,7 @@ class InMemoryTable:
         self.billed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def _bill(self, operation: str, rru: float = 0, wru: float = 0) -> None:
+    def _bill(self, operation: str, rru: int = 0, wru: int = 0) -> None:
         with self._lock:
             self.billed[operation] += 1
             self.billed["rru"] += rru
@@ -119,8 +119,10 @@ class InMemoryTable:
                     elif clause == "ADD":
                         target, placeholder = part.split()
                         name = names.get(target, target)
-                        total = _number(item[name]) + _number(values[placeholder]) if name in item else _number(
-                            values[placeholder]
+                        total = (
+                            _number(item[name]) + _number(values[placeholder])
+                            if name in item
+                            else _number(values[placeholder])
                         )
                         item[name] = {"N": str(total)}
                         changed[name] = item[name]

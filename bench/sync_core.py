@@ -2,8 +2,8 @@
 
 Pure path, as AudienceSync runs it minus the I/O, against an empty ledger: decode SQS bodies -> group per
 audience and user -> fold each user's changes into their Membership in version order -> the difference with
-what Criteo held -> group and chunk (plan_contact_list_patches) -> the PATCH request bodies and the ledger
-items' encoded identifiers.
+what Criteo held -> the audience's outbox entry (outbox_entry, encoded as stored) -> netted and chunked
+(net, patches) -> the PATCH request bodies and the ledger items' encoded identifiers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 from audience_sync.membership import ByType, Membership, difference
-from audience_sync.plan import plan_contact_list_patches
+from audience_sync.outbox import decode, encode
+from audience_sync.plan import net, outbox_entry, patches
 from audience_sync.records import pack_changes, unpack_changes
 from audience_sync.sync import Sourced, carried_by_exits
 from bench.streams import StreamSpec, generate, segment_requests
@@ -28,7 +29,7 @@ def pure_sync(messages: list[tuple[str, str]]) -> int:
     for message_id, body in messages:
         for change in unpack_changes(body):
             by_audience.setdefault(change.audience_key, {}).setdefault(change.user, []).append(
-                Sourced(change, message_id)
+                Sourced(change, message_id, 0.0)
             )
     sent = 0
     for audience_key, users in sorted(by_audience.items()):
@@ -44,7 +45,9 @@ def pure_sync(messages: list[tuple[str, str]]) -> int:
             if added or removed:
                 differences[user] = (added, removed)
             sent += len(state.encode())
-        for plan in plan_contact_list_patches(audience_key, differences):
+        stored = encode(outbox_entry(differences))
+        sent += len(stored)
+        for plan in patches(audience_key, net([decode(stored)])):
             attributes = {
                 "operation": plan.operation,
                 "identifierType": plan.identifier_type,

@@ -32,12 +32,13 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert _numbers(results[section]), f"section {section} holds no numbers"
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for stream in results["criteo_calls"]:
-        # Our calls can't go below the independently computed minimum, and the peer model makes more.
-        assert stream["calls"]["patch"] >= stream["minimum"]["patches_per_batch"] > 0
-        assert stream["peer"]["total"] >= stream["calls"]["total"]
-        assert stream["spec_violations"] == 0
-        # The ledger reads every (audience, user) pair a batch touches, and writes them and the leases.
-        assert stream["dynamodb_capacity"]["rru"] >= stream["minimum"]["user_pairs"] > 0
-        assert stream["dynamodb_capacity"]["wru"] > 0
+        # Never below the minimum of the whole stream at once (computed independently), within 10% of the
+        # window minimum; a burst costs fewer calls than the peer model and than the design before the outbox.
+        assert 0 < stream["whole_stream_minimum"] <= stream["calls"]["patch"] <= 1.1 * stream["window_minimum"]
+        if stream["mode"] == "burst":
+            assert stream["peer_total"] >= stream["calls"]["total"]
+            assert stream["before_patches"] >= stream["calls"]["patch"]
+        assert stream["spec_violations"] == 0 and stream["drain_after_last_arrival_s"] > 0
+        assert stream["dynamodb_calls"]["rru"] > 0 and stream["dynamodb_calls"]["wru"] > 0
     assert all(row["delivered"] == row["events"] for row in results["latency"])
     assert results["cost"]["total_dollars_per_million_changes"] > 0

@@ -222,9 +222,11 @@ class OneAudienceContext(FakeContext):
 
     def _waiting(self) -> int:
         table = self.stack.aws.ledger_table
-        return int(self.stack.aws.client("dynamodb").query(
-            TableName=table, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "outbox"}}
-        )["Count"])
+        return int(
+            self.stack.aws.client("dynamodb").query(
+                TableName=table, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "outbox"}}
+            )["Count"]
+        )
 
     def get_remaining_time_in_millis(self) -> int:
         return 60_000 if self._waiting() == self.waiting else 1_000

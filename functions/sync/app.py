@@ -86,8 +86,10 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         report: FlushReport = run_flushes(
             flusher,
             settings.flush_poll_seconds,
-            lambda: time.monotonic() + settings.flush_poll_seconds < stop_at
-            and seconds_left() > settings.flush_poll_seconds + 2 * SAFETY_SECONDS,
+            lambda: (
+                time.monotonic() + settings.flush_poll_seconds < stop_at
+                and seconds_left() > settings.flush_poll_seconds + 2 * SAFETY_SECONDS
+            ),
             ledger.acquire_flusher,
         )
     finally:

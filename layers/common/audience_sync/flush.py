@@ -165,7 +165,9 @@ class Flusher:
             else:
                 report.waited.extend((now - s.queued, sum(s.entry.counts().values())) for s in read)
         if failed:
-            self.outbox.failed(waiting, self.clock() + min(MAX_RETRY_SECONDS, self.policy.retry_seconds * 2**waiting.fails))
+            self.outbox.failed(
+                waiting, self.clock() + min(MAX_RETRY_SECONDS, self.policy.retry_seconds * 2**waiting.fails)
+            )
 
     def _patch_all(self, waiting: Waiting, plans: list[PatchPlan], report: FlushReport) -> tuple[set[int], bool]:
         """PATCH in order while budget and time last; the ids of the plans Criteo has (or that were parked),

@@ -182,11 +182,11 @@ class Outbox(Table):
             )
             if self._conditional("DeleteItem", drop) is not None:
                 return True
-        carried = outcome.carry.counts() if outcome.carry else {}
-        groups = set(carried) | set(outcome.counts_before)
+        carry_counts = outcome.carry.counts() if outcome.carry else {}
+        groups = set(carry_counts) | set(outcome.counts_before)
         names = {f"#{i}": _counter(group) for i, group in enumerate(groups)}
         values: dict[str, Any] = {
-            f":{i}": {"N": str(carried.get(group, 0) - outcome.counts_before.get(group, 0))}
+            f":{i}": {"N": str(carry_counts.get(group, 0) - outcome.counts_before.get(group, 0))}
             for i, group in enumerate(groups)
         }
         values.update({":q": {"N": f"{queued if outcome.carry else self.clock():.3f}"}, ":zero": {"N": "0"}})

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.ledger import Consent, Ledger
@@ -189,7 +188,9 @@ class AudienceSync:
         identifiers = {parked.identifier_type: set(parked.identifiers)}
         entry = Entry({}, identifiers) if parked.operation == ADD else Entry(identifiers, {})
         try:
-            seq = self.ledger.acquire(parked.audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
+            seq = self.ledger.acquire(
+                parked.audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS)
+            )
             if seq is None:
                 report.hand_back([message_id], "another invocation held the audience's lease")
                 return

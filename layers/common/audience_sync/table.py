@@ -56,7 +56,8 @@ class Table:
 
     def _write(self, writes: list[Item]) -> None:
         requests = [
-            {self.table: writes[start : start + BATCH_WRITE_ITEMS]} for start in range(0, len(writes), BATCH_WRITE_ITEMS)
+            {self.table: writes[start : start + BATCH_WRITE_ITEMS]}
+            for start in range(0, len(writes), BATCH_WRITE_ITEMS)
         ]
         list(self._map(partial(self._until_processed, "BatchWriteItem", "UnprocessedItems"), requests))
 
