@@ -148,14 +148,15 @@ class Flusher:
         return report
 
     def _send(self, waiting: Waiting, mode: str, report: FlushReport) -> None:
-        read = self.outbox.entries(waiting.audience_key)
+        read, complete = self.outbox.oldest(waiting.audience_key)
         plans = patches(waiting.audience_key, net(s.entry for s in read))
         chosen = plans if mode == ALL else [p for p in plans if p.full]
         if not chosen and mode == FULL_ONLY:
             return
         sent, failed = self._patch_all(waiting, chosen, report)
         unsent = [p for p in plans if id(p) not in sent]
-        if self.outbox.finish(waiting, Outcome(read, remainder(unsent) if unsent else None, stored_counts(read))):
+        carry = remainder(unsent) if unsent else None
+        if self.outbox.finish(waiting, Outcome(read, carry, stored_counts(read), complete)):
             report.emptied += 1
         if sent:
             now = self.clock()

@@ -26,6 +26,7 @@ from audience_sync.table import Item, Table
 SUMMARIES = "outbox"
 ENTRIES = "out#"
 MAX_IDENTIFIERS_PER_ITEM = 4_000  # ~260 KB of hashed emails before compression: under DynamoDB's 400 KB
+MAX_IDENTIFIERS_PER_FLUSH = 500_000  # read by one flush of an audience (~150 MB decoded): ten full PATCHes
 Group = tuple[str, str]  # (operation, identifier type)
 
 
@@ -50,6 +51,11 @@ class Stored:
     entry: Entry
     queued: float
 
+    @property
+    def seq(self) -> str:
+        """The audience lease's sequence number it was appended under (its parts and carries share it)."""
+        return self.sk.split("#")[0]
+
 
 @dataclass
 class Outcome:
@@ -58,6 +64,7 @@ class Outcome:
     read: list[Stored]
     carry: Entry | None = None  # netted changes not sent, kept in place of the entries read
     counts_before: dict[Group, int] = field(default_factory=dict)
+    complete: bool = True  # the entries read were all the audience had
 
 
 def encode(entry: Entry) -> bytes:
@@ -141,11 +148,32 @@ class Outbox(Table):
         return [_waiting(item) for item in self._query(SUMMARIES)]
 
     def entries(self, audience_key: str) -> list[Stored]:
-        """An audience's entries, oldest first."""
-        return [
-            Stored(item["sk"]["S"], decode(item["d"]["B"]), float(item["q"]["N"]))
-            for item in self._query(ENTRIES + audience_key)
-        ]
+        """All of an audience's entries, oldest first."""
+        return self.oldest(audience_key, max_identifiers=-1)[0]
+
+    def oldest(self, audience_key: str, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH) -> tuple[list[Stored], bool]:
+        """An audience's oldest entries, whole (every part of each), until they hold `max_identifiers` (-1: no
+        limit), and whether that is all of them: a flush's memory stays bounded however long Criteo was away;
+        the rest wait for the next pass."""
+        arguments: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": ENTRIES + audience_key}},
+            "ConsistentRead": True,
+        }
+        read: list[Stored] = []
+        held = 0
+        while True:
+            page = self._dynamo("Query", partial(self.dynamodb.query, **arguments))
+            for item in page.get("Items", []):
+                stored = Stored(item["sk"]["S"], decode(item["d"]["B"]), float(item["q"]["N"]))
+                if 0 <= max_identifiers <= held and stored.seq != read[-1].seq:
+                    return read, False
+                read.append(stored)
+                held += sum(stored.entry.counts().values())
+            if "LastEvaluatedKey" not in page:
+                return read, True
+            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def finish(self, waiting: Waiting, outcome: Outcome) -> bool:
         """Replace the entries read by the carry (written after them and before any entry appended since),
@@ -156,7 +184,7 @@ class Outbox(Table):
         if outcome.carry:
             # After the entries read (same sequence number, `c` sorts after the digits of their parts) and
             # before any appended since (higher sequence numbers); in parts, like any entry.
-            seq = outcome.read[-1].sk.split("#")[0]
+            seq = outcome.read[-1].seq
             carried = [
                 {
                     "pk": {"S": ENTRIES + waiting.audience_key},
@@ -171,7 +199,7 @@ class Outbox(Table):
         self._delete((ENTRIES + waiting.audience_key, s.sk) for s in outcome.read if s.sk not in rewritten)
         key = {"pk": {"S": SUMMARIES}, "sk": {"S": waiting.audience_key}}
         unchanged = {":last": {"N": f"{waiting.last:.3f}"}}
-        if not outcome.carry:
+        if not outcome.carry and outcome.complete:
             drop = partial(
                 self.dynamodb.delete_item,
                 TableName=self.table,
