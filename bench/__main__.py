@@ -19,7 +19,7 @@ from bench import cold_init, cost, criteo_calls, ingest_throughput, latency, pac
 from bench.servers import local_servers  # noqa: E402
 
 
-def run_all(quick: bool) -> dict[str, Any]:
+def run_all(quick: bool, max_changes: int) -> dict[str, Any]:
     """Every benchmark, in an order that keeps the noisy ones (subprocesses, servers) apart."""
     results: dict[str, Any] = {
         "mode": "quick" if quick else "full",
@@ -40,7 +40,7 @@ def run_all(quick: bool) -> dict[str, Any]:
         print(f"[bench] {name} done in {time.monotonic() - began:.1f}s", flush=True)
     print("[bench] criteo_calls ...", flush=True)
     with local_servers() as servers:
-        results["criteo_calls"] = criteo_calls.run(servers, quick)
+        results["criteo_calls"] = criteo_calls.run(servers, quick, max_changes)
     results["cost"] = cost.run(results)
     return results
 
@@ -56,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI (seconds, not minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where results.json and scaling.png go")
+    parser.add_argument(
+        "--max-changes", type=int, default=10_000_000, help="largest Criteo-call stream (10M streams take ~1 h each)"
+    )
     args = parser.parse_args(argv)
     began = time.monotonic()
-    results = run_all(args.quick)
+    results = run_all(args.quick, args.max_changes)
     results["seconds"] = round(time.monotonic() - began, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

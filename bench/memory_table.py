@@ -8,6 +8,7 @@ simulation never interleaves two invocations), update expressions are (SET with 
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import threading
 from collections import Counter
@@ -61,7 +62,8 @@ class InMemoryTable:
     plus `rru` and `wru` as DynamoDB on-demand bills them)."""
 
     def __init__(self) -> None:
-        self.items: dict[str, dict[str, Item]] = {}  # pk -> sk -> item
+        # pk -> sk -> the item pickled: a tenth of the memory of the wire-format dicts (10M changes make ~9M items)
+        self.items: dict[str, dict[str, bytes]] = {}
         self.billed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -72,13 +74,15 @@ class InMemoryTable:
             self.billed["wru"] += wru
 
     def _find(self, key: Item) -> Item | None:
-        return self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])
+        found = self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])
+        return None if found is None else pickle.loads(found)
 
     def _store(self, item: Item) -> None:
-        self.items.setdefault(item["pk"]["S"], {})[item["sk"]["S"]] = item
+        self.items.setdefault(item["pk"]["S"], {})[item["sk"]["S"]] = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
 
     def _drop(self, key: Item) -> Item | None:
-        return self.items.get(key["pk"]["S"], {}).pop(key["sk"]["S"], None)
+        gone = self.items.get(key["pk"]["S"], {}).pop(key["sk"]["S"], None)
+        return None if gone is None else pickle.loads(gone)
 
     def put_item(self, **params: Any) -> dict[str, Any]:
         """PutItem (a consent marker)."""
@@ -99,10 +103,7 @@ class InMemoryTable:
         names = params.get("ExpressionAttributeNames", {})
         values = params.get("ExpressionAttributeValues", {})
         with self._lock:
-            item = self._find(params["Key"])
-            if item is None:
-                item = {key: dict(value) for key, value in params["Key"].items()}
-                self._store(item)
+            item = self._find(params["Key"]) or {key: dict(value) for key, value in params["Key"].items()}
             changed: Item = {}
             pieces = _CLAUSE.split(params["UpdateExpression"])
             for clause, body in zip(pieces[1::2], pieces[2::2], strict=True):
@@ -128,6 +129,7 @@ class InMemoryTable:
                         changed[name] = item[name]
                     else:
                         item.pop(names.get(part, part), None)
+            self._store(item)
             size = item_bytes(item)
         self._bill("UpdateItem", wru=math.ceil(size / WRITE_UNIT_BYTES))
         return {"Attributes": changed} if params.get("ReturnValues") == "UPDATED_NEW" else {}
@@ -166,7 +168,7 @@ class InMemoryTable:
         pk = (values.get(":p") or values[":u"])["S"]
         prefix = (values.get(":s") or values.get(":a") or {"S": ""})["S"]
         with self._lock:
-            found = [item for sk, item in sorted(self.items.get(pk, {}).items()) if sk.startswith(prefix)]
+            found = [pickle.loads(item) for sk, item in sorted(self.items.get(pk, {}).items()) if sk.startswith(prefix)]
             size = sum(item_bytes(item) for item in found)
         self._bill("Query", rru=max(1, math.ceil(size / READ_UNIT_BYTES)))
         if params.get("ProjectionExpression") == "sk":

@@ -2,8 +2,8 @@
 
 An audience is sent when its oldest waiting change is `interval` old (or the backlog is longer than that)
 and either no change came for a quiet moment or the backlog can be sent within that age; groups of 50,000
-go at once. Under a backlog the budget
-goes to full groups first, then to the oldest (docs/design.md, "Fewest calls").
+go at once. Under a backlog the budget goes to full groups first, then to the oldest (docs/design.md,
+"Fewest calls").
 """
 
 from __future__ import annotations
