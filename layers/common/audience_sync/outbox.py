@@ -217,7 +217,10 @@ class Outbox(Table):
             f":{i}": {"N": str(carry_counts.get(group, 0) - outcome.counts_before.get(group, 0))}
             for i, group in enumerate(groups)
         }
-        values.update({":q": {"N": f"{queued if outcome.carry else self.clock():.3f}"}, ":zero": {"N": "0"}})
+        # The oldest change still waiting: the carry's; else (approximately) the first left unread; else one
+        # appended during this flush, queued no later than now.
+        oldest = queued if outcome.carry else outcome.read[-1].queued if not outcome.complete else self.clock()
+        values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}})
         adds = (" ADD " + ", ".join(f"#{i} :{i}" for i in range(len(groups)))) if groups else ""
         self._update(waiting.audience_key, f"SET #first = :q, fails = :zero{adds}", values, names)
         return False
