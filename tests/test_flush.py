@@ -91,6 +91,7 @@ def new_flusher(
     seconds_left: Callable[[], float] = lambda: 300.0,
     sleep: Callable[[float], None] = time.sleep,
     workers: int = 8,
+    burst: float | None = None,
 ) -> Flusher:
     """A Flusher wired like functions/sync/app.py, against the stack's table, DLQ and the emulator."""
     dynamodb = stack.aws.client("dynamodb")
@@ -107,7 +108,7 @@ def new_flusher(
         client,
         Outbox(dynamodb, stack.aws.ledger_table, clock),
         CallBudget(
-            dynamodb, stack.aws.ledger_table, policy.calls_per_minute, clock, burst=policy.calls_per_minute / 20
+            dynamodb, stack.aws.ledger_table, policy.calls_per_minute, clock, burst or policy.calls_per_minute / 20
         ),
         DeadLetters(QueueWriter(stack.aws.client("sqs"), stack.aws.dead_letter_queue_url)),
         SyncOptions(),
@@ -181,33 +182,37 @@ def waiting(first: float, last: float, counts: dict[tuple[str, str], int], retry
 def test_policy_waits_for_the_interval_then_sends_everything_when_the_backlog_is_small() -> None:
     policy = FlushPolicy(interval_seconds=60, quiet_seconds=15)
     small = {ADD_EMAIL: 10}
-    assert policy.mode(waiting(1000, 1000, small), 1000 + 59.9, 0.0) is None
-    assert policy.mode(waiting(1000, 1059, small), 1060, 0.0) == ALL  # still busy, but nothing else waits
-    assert policy.mode(waiting(1000, 1059, small), 1060, 59.0) == ALL
+    assert policy.mode(waiting(1000, 1000, small), 1000 + 59.9, 0.0, 1000) is None
+    assert policy.mode(waiting(1000, 1059, small), 1060, 0.0, 1059) == ALL  # still busy, but the budget keeps up
+    assert policy.mode(waiting(1000, 1059, small), 1060, 59.0, 1059) == ALL
+    # Without a backlog a full group waits too: sending it early could not save a call, only add some.
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1000, 0.0, 1000) is None
 
 
-def test_policy_under_a_backlog_waits_for_a_busy_audience_to_go_quiet() -> None:
+def test_policy_under_a_backlog_waits_for_changes_to_stop_or_for_its_turn() -> None:
     policy = FlushPolicy(interval_seconds=60, quiet_seconds=15)
     small = {ADD_EMAIL: 10}
-    backlog = 300.0  # longer than the audience's age: others need the budget
-    assert policy.mode(waiting(1000, 1055, small), 1060, backlog) is None  # changed 5 s ago
-    assert policy.mode(waiting(1000, 1045, small), 1060, backlog) == ALL  # quiet for 15 s
-    assert policy.mode(waiting(1000, 1299, small), 1300, backlog) == ALL  # as old as the backlog: its turn
-    assert policy.mode(waiting(1000, 1299, small), 1299, backlog) is None
+    backlog = 300.0  # longer than the interval: the budget can't send everything within it
+    assert policy.mode(waiting(1000, 1030, small), 1060, backlog, 1055) is None  # changes came 5 s ago
+    assert policy.mode(waiting(1000, 1030, small), 1060, backlog, 1045) == ALL  # none for 15 s: burst over
+    assert policy.mode(waiting(1050, 1050, small), 1060, backlog, 1045) == ALL  # even before the interval
+    assert policy.mode(waiting(1000, 1299, small), 1300, backlog, 1299) == ALL  # as old as the backlog: its turn
+    assert policy.mode(waiting(1000, 1299, small), 1299, backlog, 1299) is None
     # the quiet moment is capped at the interval
     short = FlushPolicy(interval_seconds=5, quiet_seconds=15)
-    assert short.mode(waiting(1000, 1005, small), 1010, backlog) == ALL
+    assert short.mode(waiting(1000, 1005, small), 1010, backlog, 1005) == ALL
 
 
-def test_policy_sends_full_groups_at_once_and_respects_the_retry_time() -> None:
+def test_policy_under_a_backlog_sends_full_groups_at_once_and_respects_the_retry_time() -> None:
     policy = FlushPolicy(interval_seconds=60)
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1000, 0.0) == FULL_ONLY
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10, REMOVE_EMAIL: 120_000}), 1001, 0.0) == FULL_ONLY
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 49_999}), 1000, 0.0) is None
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1060, 0.0) == ALL
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}, retry=1070), 1060, 0.0) is None
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10}, retry=1070), 1069, 0.0) is None
-    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10}, retry=1070), 1070, 0.0) == ALL
+    backlog = 300.0
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1000, backlog, 1000) == FULL_ONLY
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10, REMOVE_EMAIL: 120_000}), 1001, backlog, 1001) == FULL_ONLY
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 49_999}), 1000, backlog, 1000) is None
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}), 1300, backlog, 1300) == ALL
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 50_000}, retry=1070), 1060, backlog, 1000) is None
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10}, retry=1070), 1069, 0.0, 1000) is None
+    assert policy.mode(waiting(1000, 1000, {ADD_EMAIL: 10}, retry=1070), 1070, 0.0, 1000) == ALL
 
 
 def test_policy_backlog_is_the_time_the_budget_needs_for_every_call() -> None:
@@ -332,22 +337,24 @@ def test_flush_sends_netted_entries_in_the_fewest_patches(aws_stack: Stack) -> N
     assert outbox.waiting() == [] and outbox.entries("a") == []
 
 
-def test_flush_before_the_interval_sends_only_full_groups_and_keeps_the_rest(aws_stack: Stack) -> None:
+def test_under_a_backlog_a_flush_sends_only_full_groups_and_keeps_the_rest(aws_stack: Stack) -> None:
     criteo = aws_stack.criteo
     outbox = new_outbox(aws_stack)
     added = sorted(emails(0, 120_000))
     for seq, start in enumerate(range(0, 120_000, 60_000), start=1):
         outbox.append("b", seq, adds(set(added[start : start + 60_000])), "Big", queued=time.time())
     tokens = TokenCache()
-    report = new_flusher(aws_stack, FlushPolicy(interval_seconds=3600, calls_per_minute=6000), tokens=tokens).tick()
+    # 2 calls a minute: the 3 calls waiting need 90 s, longer than the interval, and changes just came.
+    busy = FlushPolicy(interval_seconds=60, calls_per_minute=2)
+    report = new_flusher(aws_stack, busy, tokens=tokens, burst=100).tick()
     assert report.counts["dependency_errors"] == 0
     assert patches_sent(criteo) == [("add", 50_000), ("add", 50_000)]
     assert aws_stack.members("b") == set(added[:100_000])
     [left] = outbox.waiting()
     assert left.counts == {ADD_EMAIL: 20_000}
     assert net(s.entry for s in outbox.entries("b")) == adds(set(added[100_000:]))
-    # Not full any more: the remainder waits for the interval (here: a flusher without one sends it).
-    new_flusher(aws_stack, FlushPolicy(interval_seconds=3600, calls_per_minute=6000), tokens=tokens).tick()
+    # Not full any more: the remainder waits (here: a flusher without an interval sends it).
+    new_flusher(aws_stack, busy, tokens=tokens, burst=100).tick()
     assert len(criteo.patch_log) == 2
     new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), tokens=tokens).tick()
     assert patches_sent(criteo)[2:] == [("add", 20_000)]

@@ -1,9 +1,9 @@
 """The flush: each audience's outbox to Criteo when a call is worth making, within the shared call budget.
 
-An audience is sent when its oldest waiting change is `interval` old (or the backlog is longer than that)
-and either no change came for a quiet moment or the backlog can be sent within that age; groups of 50,000
-go at once. Under a backlog the budget goes to full groups first, then to the oldest (docs/design.md,
-"Fewest calls").
+An audience is sent when its oldest waiting change is `interval` old, unless the budget can't send the
+whole backlog within that: then when changes stopped coming for a quiet moment, or when the audience has
+waited as long as the budget needs for the backlog (see FlushPolicy.mode). The budget goes to full groups
+first, then to the oldest (docs/design.md, "Fewest calls").
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class FlushPolicy:
     """When an audience's waiting changes are sent."""
 
     interval_seconds: float = 60.0  # L: changes wait this long for others to share their calls
-    quiet_seconds: float = 15.0  # no change for this long (capped at L): the audience's burst is over
+    quiet_seconds: float = 15.0  # no change anywhere for this long (capped at L): a burst is over
     calls_per_minute: int = 200  # the budget every invocation shares
     retry_seconds: float = 5.0  # an audience whose call failed waits this, doubled per failure
 
@@ -52,14 +52,22 @@ class FlushPolicy:
         """How long the budget needs for every call waiting (counts are upper bounds)."""
         return sum(calls_needed(w.counts) for w in waiting) * 60.0 / self.calls_per_minute
 
-    def mode(self, waiting: Waiting, now: float, backlog_seconds: float) -> str | None:
-        """ALL: send everything; FULL_ONLY: only groups of 50,000; None: keep waiting."""
+    def mode(self, waiting: Waiting, now: float, backlog_seconds: float, last_change: float) -> str | None:
+        """ALL: send everything; FULL_ONLY: only groups of 50,000; None: keep waiting.
+
+        `backlog_seconds`: what the budget needs for every call waiting; `last_change`: the newest append to
+        any audience. While the budget can send everything within one interval, an audience goes when its
+        oldest change is `interval` old. Beyond that, changes keep sharing calls: an audience goes once the
+        changes stopped coming anywhere for a quiet moment (a burst is over), or once it has waited as long
+        as the budget needs for the whole backlog (a steady overload: each audience's turn comes round);
+        meanwhile only full groups go, which waiting could not make cheaper.
+        """
         if waiting.retry > now:
             return None
-        age, quiet = now - waiting.first, now - waiting.last
-        # Under a backlog longer than the interval, an audience whose burst is over need not wait for it.
-        due = age >= self.interval_seconds or backlog_seconds >= self.interval_seconds
-        if due and (quiet >= min(self.quiet_seconds, self.interval_seconds) or age >= backlog_seconds):
+        age = now - waiting.first
+        if backlog_seconds < self.interval_seconds:
+            return ALL if age >= self.interval_seconds else None
+        if now - last_change >= min(self.quiet_seconds, self.interval_seconds) or age >= backlog_seconds:
             return ALL
         if any(n >= MAX_IDENTIFIERS_PER_PATCH for n in waiting.counts.values()):
             return FULL_ONLY
@@ -118,7 +126,8 @@ class Flusher:
         now = self.clock()
         waiting = self.outbox.waiting()
         backlog = self.policy.backlog_seconds(waiting)
-        ready = [(w, mode) for w in waiting if (mode := self.policy.mode(w, now, backlog))]
+        last_change = max((w.last for w in waiting), default=now)
+        ready = [(w, mode) for w in waiting if (mode := self.policy.mode(w, now, backlog, last_change))]
         ready.sort(key=lambda pair: (not _has_full(pair[0]), pair[0].first))
         report.gauges = {
             "outbox_audiences": len(waiting),
