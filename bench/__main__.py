@@ -15,7 +15,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
-from bench import cold_init, cost, criteo_calls, ingest_throughput, latency, package_size, plot, report, sync_core  # noqa: E402
+from bench import (  # noqa: E402
+    cold_init,
+    cost,
+    criteo_calls,
+    ingest_throughput,
+    latency,
+    memory,
+    package_size,
+    plot,
+    report,
+    sync_core,
+)
 from bench.servers import local_servers  # noqa: E402
 
 
@@ -32,6 +43,7 @@ def run_all(quick: bool, max_changes: int) -> dict[str, Any]:
         ("cold_init", lambda: cold_init.run(quick)),
         ("package_size", lambda: package_size.run(quick)),
         ("latency", lambda: latency.run(quick)),
+        ("memory", lambda: memory.run(quick)),
     ]
     for name, step in steps:
         began = time.monotonic()

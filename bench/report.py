@@ -79,6 +79,18 @@ def lines(results: dict[str, Any]) -> list[str]:
                 None,
             )
         )
+    memory = results["memory"]
+    for step in ("apply_invocation", "flush_read"):
+        row = memory[step]
+        out.append(
+            _row(
+                f"8 memory, {step.replace('_', ' ')}",
+                f"{row['peak_mb']} MB peak",
+                f"of {memory['function_memory_mb']} MB",
+                "< function memory",
+                row["peak_mb"] < memory["function_memory_mb"],
+            )
+        )
     cost = results["cost"]
     out.append(
         _row(

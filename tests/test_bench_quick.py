@@ -28,7 +28,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT, check=True, timeout=120
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    for section in ("criteo_calls", "sync_core", "ingest", "cold_init", "package_size", "latency", "cost"):
+    for section in ("criteo_calls", "sync_core", "ingest", "cold_init", "package_size", "latency", "memory", "cost"):
         assert _numbers(results[section]), f"section {section} holds no numbers"
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for stream in results["criteo_calls"]:

@@ -1,0 +1,74 @@
+"""Benchmark 8: peak memory of the two heaviest steps of one invocation, against the function's memory.
+
+Python's allocations (tracemalloc) on top of what the container holds after init: one sync invocation of a
+full 6 MB batch (~35k changes over 2,000 audiences: the ledger's reads and writes, one outbox entry per
+audience), and one flush of an audience read at its limit (`outbox.MAX_IDENTIFIERS_PER_FLUSH` identifiers:
+decode, net, chunk into PATCH bodies).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from collections.abc import Callable
+from typing import Any, cast
+
+from audience_sync.ledger import Ledger
+from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, MAX_IDENTIFIERS_PER_ITEM, Outbox
+from audience_sync.plan import Entry, net, patches
+from audience_sync.records import unpack_changes
+from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
+from bench.memory_table import InMemoryTable
+from bench.streams import StreamSpec, generate, sync_batches
+
+FUNCTION_MEMORY_MB = 512  # template.yaml Globals: MemorySize
+
+
+def _peak_mb(step: Callable[[], object]) -> float:
+    gc.collect()
+    tracemalloc.start()
+    step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return round(peak / 1e6, 1)
+
+
+def _apply(batch: list[tuple[str, str]]) -> None:
+    table = cast(Any, InMemoryTable())
+    sync = AudienceSync(
+        Ledger(table, "m", 360), Outbox(table, "m"), DeadLetters(cast(Any, None)), SyncOptions(), lambda: 300.0
+    )
+    sync.run(batch)
+
+
+def _flush_read(outbox: Outbox) -> None:
+    read, _ = outbox.oldest("big")
+    for plan in patches("big", net(s.entry for s in read)):
+        attributes = {
+            "operation": plan.operation,
+            "identifierType": plan.identifier_type,
+            "identifiers": plan.identifiers,
+        }
+        json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}})
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Peak MB of each step, and the function's memory."""
+    changes = 4_000 if quick else 40_000
+    batch = sync_batches(generate(StreamSpec(changes, 2_000, seed=5)))[0]
+    table = cast(Any, InMemoryTable())
+    outbox = Outbox(table, "m")
+    identifiers = 40_000 if quick else MAX_IDENTIFIERS_PER_FLUSH
+    for seq, start in enumerate(range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM)):
+        chunk = {f"{i:064x}" for i in range(start, min(identifiers, start + MAX_IDENTIFIERS_PER_ITEM))}
+        outbox.append("big", seq, Entry({}, {"email": chunk}), "Big", 0.0)
+    return {
+        "function_memory_mb": FUNCTION_MEMORY_MB,
+        "apply_invocation": {
+            "changes": sum(b.count('"add"') + b.count('"remove"') for _, b in batch) or changes,
+            "messages": len(batch),
+            "peak_mb": _peak_mb(lambda: _apply(batch)),
+        },
+        "flush_read": {"identifiers": identifiers, "peak_mb": _peak_mb(lambda: _flush_read(outbox))},
+    }
