@@ -17,7 +17,6 @@ from typing import Any, cast
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, MAX_IDENTIFIERS_PER_ITEM, Outbox
 from audience_sync.plan import Entry, net, patches
-from audience_sync.records import unpack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
 from bench.memory_table import InMemoryTable
 from bench.streams import StreamSpec, generate, sync_batches
