@@ -37,6 +37,10 @@ def item_bytes(item: Item) -> int:
     return size
 
 
+def _load(data: bytes) -> Item:
+    return pickle.loads(data)  # noqa: S301 - only bytes this table pickled itself, in this process
+
+
 def _split_top_level(text: str) -> list[str]:
     parts, depth, current = [], 0, ""
     for char in text:
@@ -75,14 +79,14 @@ class InMemoryTable:
 
     def _find(self, key: Item) -> Item | None:
         found = self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])
-        return None if found is None else pickle.loads(found)
+        return None if found is None else _load(found)
 
     def _store(self, item: Item) -> None:
         self.items.setdefault(item["pk"]["S"], {})[item["sk"]["S"]] = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
 
     def _drop(self, key: Item) -> Item | None:
         gone = self.items.get(key["pk"]["S"], {}).pop(key["sk"]["S"], None)
-        return None if gone is None else pickle.loads(gone)
+        return None if gone is None else _load(gone)
 
     def put_item(self, **params: Any) -> dict[str, Any]:
         """PutItem (a consent marker)."""
@@ -168,7 +172,7 @@ class InMemoryTable:
         pk = (values.get(":p") or values[":u"])["S"]
         prefix = (values.get(":s") or values.get(":a") or {"S": ""})["S"]
         with self._lock:
-            found = [pickle.loads(item) for sk, item in sorted(self.items.get(pk, {}).items()) if sk.startswith(prefix)]
+            found = [_load(item) for sk, item in sorted(self.items.get(pk, {}).items()) if sk.startswith(prefix)]
             size = sum(item_bytes(item) for item in found)
         self._bill("Query", rru=max(1, math.ceil(size / READ_UNIT_BYTES)))
         if params.get("ProjectionExpression") == "sk":
