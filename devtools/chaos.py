@@ -62,6 +62,7 @@ class ChaosSettings:
     latency_seconds: float = 0.005
     expire_tokens_every: float = 7.0
     kill_at_batch: int = 2
+    flush_interval: int = 5  # FLUSH_INTERVAL_SECONDS: changes wait this long to share calls (template: 60)
     max_drain_seconds: float = 900.0
     keep_logs: bool = False  # keep the worker log and batch report in a temporary directory
 
@@ -235,6 +236,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
             "IDENTIFIER_TYPES": ",".join(ID_TYPES),
             "AUDIENCE_LOCK_SECONDS": str(timeout + 2),
             "CONSENT_CATEGORIES": ",".join(REQUIRED_CONSENT),
+            "FLUSH_INTERVAL_SECONDS": str(settings.flush_interval),
         },
     )
     workdir = tempfile.TemporaryDirectory(prefix="chaos-", delete=not settings.keep_logs)
