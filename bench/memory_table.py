@@ -38,7 +38,8 @@ def item_bytes(item: Item) -> int:
 
 
 def _load(data: bytes) -> Item:
-    return pickle.loads(data)  # noqa: S301 - only bytes this table pickled itself, in this process
+    item: Item = pickle.loads(data)  # noqa: S301 - only bytes this table pickled itself, in this process
+    return item
 
 
 def _split_top_level(text: str) -> list[str]:
