@@ -69,7 +69,7 @@ class FlushPolicy:
             return ALL if age >= self.interval_seconds else None
         if now - last_change >= min(self.quiet_seconds, self.interval_seconds) or age >= backlog_seconds:
             return ALL
-        if any(n >= MAX_IDENTIFIERS_PER_PATCH for n in waiting.counts.values()):
+        if _has_full(waiting):
             return FULL_ONLY
         return None
 

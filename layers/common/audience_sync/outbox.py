@@ -155,25 +155,15 @@ class Outbox(Table):
         """An audience's oldest entries, whole (every part of each), until they hold `max_identifiers` (-1: no
         limit), and whether that is all of them: a flush's memory stays bounded however long Criteo was away;
         the rest wait for the next pass."""
-        arguments: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :p",
-            "ExpressionAttributeValues": {":p": {"S": ENTRIES + audience_key}},
-            "ConsistentRead": True,
-        }
         read: list[Stored] = []
         held = 0
-        while True:
-            page = self._dynamo("Query", partial(self.dynamodb.query, **arguments))
-            for item in page.get("Items", []):
-                stored = Stored(item["sk"]["S"], decode(item["d"]["B"]), float(item["q"]["N"]))
-                if 0 <= max_identifiers <= held and stored.seq != read[-1].seq:
-                    return read, False
-                read.append(stored)
-                held += sum(stored.entry.counts().values())
-            if "LastEvaluatedKey" not in page:
-                return read, True
-            arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for item in self._items(ENTRIES + audience_key):
+            stored = Stored(item["sk"]["S"], decode(item["d"]["B"]), float(item["q"]["N"]))
+            if 0 <= max_identifiers <= held and stored.seq != read[-1].seq:
+                return read, False
+            read.append(stored)
+            held += sum(stored.entry.counts().values())
+        return read, True
 
     def finish(self, waiting: Waiting, outcome: Outcome) -> bool:
         """Replace the entries read by the carry (written after them and before any entry appended since),

@@ -4,7 +4,7 @@ parallel reads and writes, conditional writes, and DynamoDB's failures turned in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,10 @@ class Table:
 
     def _query(self, pk: str, prefix: str = "", projection: str | None = None) -> list[Item]:
         """Every item of a partition (whose sk starts with `prefix`), strongly consistent, all pages."""
+        return list(self._items(pk, prefix, projection))
+
+    def _items(self, pk: str, prefix: str = "", projection: str | None = None) -> Iterator[Item]:
+        """The items of a partition in key order, a page read only when the caller gets to it."""
         arguments: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)" if prefix else "pk = :p",
@@ -77,12 +81,11 @@ class Table:
         }
         if projection:
             arguments["ProjectionExpression"] = projection
-        items: list[Item] = []
         while True:
             page = self._dynamo("Query", partial(self.dynamodb.query, **arguments))
-            items.extend(page.get("Items", []))
+            yield from page.get("Items", [])
             if "LastEvaluatedKey" not in page:
-                return items
+                return
             arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def _until_processed(self, operation: str, unprocessed: str, request: Item) -> list[Item]:
