@@ -2,8 +2,9 @@
 
 Events go signed through the HTTP gateway and the real ingest handler into moto SQS; a sync worker
 process (the poller + the real sync handler) drains it while the Criteo emulator injects 5xx, 429
-windows with x-ratelimit-* headers, latency and token expiry; the worker is SIGKILLed mid-batch once
-and restarted. The expected audiences come from the generated events alone (devtools/chaos_events.py)
+windows with x-ratelimit-* headers, latency and token expiry; the worker is SIGKILLed once while Criteo holds
+the answer to a PATCH it applied, and restarted. The expected audiences come from the generated events alone
+(devtools/chaos_events.py)
 (per user: identifiers, same-timestamp sends, email changes, exits without identifiers, future clocks,
 zero/limited advertising ids, consent granted and withdrawn; the handlers run with CONSENT_CATEGORIES=
 Advertising) and are compared with the emulator's own state (GET /__admin/state). Exit status 1 on any difference,
@@ -61,7 +62,7 @@ class ChaosSettings:
     rate_window_seconds: float = 1.0
     latency_seconds: float = 0.005
     expire_tokens_every: float = 7.0
-    kill_at_batch: int = 2
+    kill_at_patch: int = 3  # the worker is SIGKILLed while Criteo holds the answer to this applied PATCH
     flush_interval: int = 5  # FLUSH_INTERVAL_SECONDS: changes wait this long to share calls (template: 60)
     max_drain_seconds: float = 900.0
     keep_logs: bool = False  # keep the worker log and batch report in a temporary directory
@@ -141,26 +142,25 @@ class Workers:
         self.started.append(worker)
         return worker
 
-    def kill_mid_batch(self, drained: threading.Event) -> None:
-        """SIGKILL the current worker once a PATCH of batch >= kill_at_batch has landed; restart it."""
-        worker = self.started[-1]
-        watched: tuple[int, int] | None = None  # (batch, PATCH count when first seen running)
-        while not drained.is_set():
-            running = worker.in_batch()
-            if running and running["batch"] >= self.settings.kill_at_batch:
-                patches = self.stack.criteo.count("patch")
-                if watched is None or watched[0] != running["batch"]:
-                    watched = (running["batch"], patches)
-                elif patches > watched[1]:
-                    worker.kill()
-                    last = worker.lines()[-1]
-                    if last["event"] == "start":  # it really died inside the batch
-                        self.killed = {**last, "patches_before_kill": patches - watched[1]}
-                        self.start()
-                        return
-                    worker = self.start()
-                    watched = None
-            time.sleep(0.01)
+    def kill_mid_patch(self, drained: threading.Event) -> None:
+        """SIGKILL the worker while Criteo holds the answer to the `kill_at_patch`-th PATCH it applied; restart it.
+
+        The emulator applies that PATCH and holds its answer, so the kill lands inside an invocation, after
+        Criteo changed and before the worker recorded it, however fast or slow the machine is.
+        """
+        stall = self.stack.criteo.stall_patch(self.settings.kill_at_patch)
+        try:
+            while not stall.reached.wait(0.05):
+                if drained.is_set():
+                    return
+            worker = self.started[-1]
+            running = worker.in_invocation()
+            worker.kill()
+            if running is not None:
+                self.killed = {**running, "patches_applied_before_kill": self.settings.kill_at_patch}
+            self.start()
+        finally:
+            stall.release()
 
     def report(self) -> list[dict[str, Any]]:
         """Every batch line of every worker."""
@@ -267,7 +267,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
                     target=send_stream, args=(stack.gateway.url, stream.delivered, settings.request_size, ingested)
                 )
                 sender.start()
-                killer = threading.Thread(target=workers.kill_mid_batch, args=(drained,), daemon=True)
+                killer = threading.Thread(target=workers.kill_mid_patch, args=(drained,), daemon=True)
                 killer.start()
                 sender.join()
                 stack.wait_until_drained(settings.max_drain_seconds)
@@ -290,7 +290,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         log_lines = log.count("\n")
         metrics = sync_metrics(log)
     rows = compare(expected, state["segments"])
-    starts = [b for b in batches if b["event"] == "start"]
+    starts = [b for b in batches if b["event"] == "start" and "batch" in b]  # SQS batches, not flushes
     figures: dict[str, Any] = {
         "events": {
             "unique": len(stream.events),
@@ -316,10 +316,10 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         },
         "sync": {
             "workers_started": len(workers.started),
-            "invocations": len(starts),
+            "invocations": sum(1 for b in batches if b["event"] == "start"),
             "records_delivered": sum(b["records"] for b in starts),
             "messages_handed_back": sum(b.get("failed", 0) for b in batches if b["event"] == "end"),
-            "killed_mid_batch": workers.killed,
+            "killed_mid_patch": workers.killed,
             "token_expiries_forced": expirer.count,
             "handler_metrics": dict(sorted(metrics.items())),
         },
@@ -350,7 +350,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
         f"{figures['wrong']} wrong" if figures["wrong"] else "",
         f"{figures['lost']} lost" if figures["lost"] else "",
         "dead-letter queue not empty" if parked else "",
-        "the worker was never killed mid-batch" if workers.killed is None else "",
+        "the worker was never killed inside a PATCH" if workers.killed is None else "",
         "spec violations" if state["spec_violations"] else "",
         "PII or secrets in the logs" if log_leaks else "",
         "ingest refused events" if ingested.refused else "",
@@ -389,12 +389,12 @@ def print_figures(figures: dict[str, Any]) -> None:
         f" {ingest['accepted']:,} accepted -> {ingest['records_queued']:,} records queued"
         f" in {ingest['messages_queued']:,} SQS messages"
     )
-    killed = sync["killed_mid_batch"]
+    killed = sync["killed_mid_patch"]
     kill_text = (
-        f"batch {killed['batch']} ({killed['messages']} messages, {killed['records']:,} records) SIGKILLed"
-        f" after {killed['patches_before_kill']} of its PATCHes"
+        f"{'batch' if 'batch' in killed else 'flush'} {killed.get('batch', killed.get('flush'))} SIGKILLed while"
+        f" Criteo held the answer to PATCH {killed['patches_applied_before_kill']} (applied)"
         if killed
-        else "NO mid-batch kill"
+        else "NO kill inside a PATCH"
     )
     print(
         f"Sync: {sync['invocations']} invocations in {sync['workers_started']} worker processes,"
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Chaos soak: {settings.events:,} events over {settings.audiences} audiences, seed {settings.seed};"
         f" Criteo: {settings.error_rate:.0%} 503, {settings.rate_limit} calls per {settings.rate_window_seconds}s"
         f" then 429, {settings.latency_seconds * 1000:.0f} ms latency, tokens expired every"
-        f" {settings.expire_tokens_every}s; worker SIGKILLed in batch >= {settings.kill_at_batch}",
+        f" {settings.expire_tokens_every}s; worker SIGKILLed inside PATCH {settings.kill_at_patch}",
         flush=True,
     )
     passed, figures = run(settings)

@@ -3,9 +3,10 @@
 python -m devtools.sync_worker CONFIG.json
 
 The config holds the handler environment, the LocalAws fields and the event-source-mapping settings.
-One JSON line per batch goes to the `report` file: `{"event": "start", "batch": n, "messages": m,
-"records": r, "min_patches": p}` before the handler runs and `{"event": "end", "batch": n, "failed": f}`
-after. A `start` without its `end` is a batch the process died in. SIGTERM stops after the current batch.
+One JSON line per invocation goes to the `report` file: `{"event": "start", "batch": n, "messages": m,
+"records": r, "min_patches": p}` before an SQS batch runs and `{"event": "end", "batch": n, "failed": f}`
+after; the schedule's flushes are `{"event": "start"|"end", "flush": n}`. A `start` without its `end` is an
+invocation the process died in. SIGTERM stops after the current invocation.
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def batch_minimum(bodies: list[str]) -> tuple[int, int]:
 
 
 def reporting(handler: Handler, out: IO[str]) -> Handler:
-    """Wrap the handler: a `start` line before each SQS invocation and an `end` line after it."""
-    numbers = itertools.count(1)
+    """Wrap the handler: a `start` line before each invocation and an `end` line after it.
+
+    SQS invocations are numbered `batch`, the schedule's flushes `flush`.
+    """
+    batches, flushes = itertools.count(1), itertools.count(1)
 
     def emit(line: dict[str, Any]) -> None:
         out.write(json.dumps({**line, "at": round(time.time(), 3)}) + "\n")
@@ -72,8 +76,12 @@ def reporting(handler: Handler, out: IO[str]) -> Handler:
 
     def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if "Records" not in event:  # the minute schedule's flush
-            return handler(event, context)
-        number = next(numbers)
+            label = {"flush": next(flushes)}
+            emit({"event": "start", **label})
+            answer = handler(event, context)
+            emit({"event": "end", **label, "failed": 0})
+            return answer
+        number = next(batches)
         bodies = [record["body"] for record in event["Records"]]
         records, patches = batch_minimum(bodies)
         emit({"event": "start", "batch": number, "messages": len(bodies), "records": records, "min_patches": patches})
@@ -124,8 +132,8 @@ class WorkerProcess:
         text = self.report.read_text().splitlines()[self._skip :]
         return [json.loads(line) for line in text if line.endswith("}")]
 
-    def in_batch(self) -> dict[str, Any] | None:
-        """The `start` line of the batch running now, if any."""
+    def in_invocation(self) -> dict[str, Any] | None:
+        """The `start` line of the invocation running now, if any."""
         lines = self.lines()
         return lines[-1] if lines and lines[-1]["event"] == "start" else None
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -422,6 +423,22 @@ def test_down_latency_deprecation_and_token_faults(emu: CriteoEmulator, api: Api
     slow = search(api)
     assert slow.status_code == 200 and time.monotonic() - started >= 0.2
     assert slow.headers["Deprecation"] and slow.headers["Sunset"]
+
+
+def test_a_stalled_patch_is_applied_before_its_answer_is_released(emu: CriteoEmulator, api: Api) -> None:
+    segment_id = new_segment(api)
+    assert patch(api, segment_id, [SHA]).status_code == 200
+    stall = emu.stall_patch(2)
+    answers: list[requests.Response] = []
+    caller = threading.Thread(target=lambda: answers.append(patch(api, segment_id, [MD5])))
+    caller.start()
+    assert stall.reached.wait(10)
+    time.sleep(0.1)
+    assert not answers and sorted(emu.segments()["s"]["members"]["email"]) == sorted([SHA, MD5])  # applied, held
+    stall.release()
+    caller.join(10)
+    assert [a.status_code for a in answers] == [200]
+    assert patch(api, segment_id, [SHA], operation="remove").status_code == 200  # one stall only
 
 
 def test_admin_endpoints(emu: CriteoEmulator, api: Api) -> None:

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
@@ -34,6 +34,24 @@ FOREIGN_ADVERTISER_ID = "99999"
 SUNSET = "Sat, 31 Jul 2027 00:00:00 GMT"
 _SEGMENTS = "/marketing-solutions/audience-segments"
 _LISTED_PROBLEMS = 10
+
+
+@dataclass(frozen=True)
+class PatchStall:
+    """The `at`-th applied PATCH is applied, then its answer waits for `release()` (or `limit_s`).
+
+    What a crash between Criteo applying a call and the caller hearing back looks like: kill the caller once
+    `reached` is set, then release.
+    """
+
+    at: int
+    limit_s: float = 120.0
+    reached: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        """Let the held answer go."""
+        self.released.set()
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,7 @@ class CriteoEmulator:
         self.calls: list[tuple[str, str, int]] = []
         self.patch_log: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
+        self.stall: PatchStall | None = None
         self._log_lock = threading.Lock()
         self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietRequestHandler)
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{self._server.server_port}"
@@ -145,13 +164,19 @@ class CriteoEmulator:
         self.state.clock = value
 
     def reset(self) -> None:
-        """Forget segments, tokens, faults, call counts, the PATCH log and spec violations."""
+        """Forget segments, tokens, faults, a stall, call counts, the PATCH log and spec violations."""
+        self.stall = None
         self.state.clear()
         self.faults.clear()
         with self._log_lock:
             self.calls.clear()
             self.patch_log.clear()
             self.spec_violations.clear()
+
+    def stall_patch(self, at: int) -> PatchStall:
+        """Hold the answer to the `at`-th PATCH applied since the last reset."""
+        self.stall = PatchStall(at)
+        return self.stall
 
     def expire_tokens(self) -> None:
         """Every issued token answers `authorization-token-expired` from now on (same as `faults.expire_tokens`)."""
@@ -274,6 +299,11 @@ class CriteoEmulator:
                     "invalid": attributes["nbInvalidIdentifiers"],
                 }
             )
+            applied = len(self.patch_log)
+        stall = self.stall
+        if stall is not None and applied == stall.at:
+            stall.reached.set()
+            stall.released.wait(stall.limit_s)
         return result
 
     @staticmethod
