@@ -111,7 +111,7 @@ def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
     table = InMemoryTable()
     client = cast(Any, table)
     ledger = Ledger(client, "bench", 360, clock=clock)
-    outbox = Outbox(client, "bench", clock=clock)
+    outbox = Outbox(client, "bench", 360, clock=clock)
     budget = CallBudget(client, "bench", BUDGET_PER_MINUTE, clock=clock)
     credentials = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
     criteo = CriteoClient(

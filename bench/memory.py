@@ -36,7 +36,7 @@ def _peak_mb(step: Callable[[], object]) -> float:
 def _apply(batch: list[tuple[str, str]]) -> None:
     table = cast(Any, InMemoryTable())
     sync = AudienceSync(
-        Ledger(table, "m", 360), Outbox(table, "m"), DeadLetters(cast(Any, None)), SyncOptions(), lambda: 300.0
+        Ledger(table, "m", 360), Outbox(table, "m", 360), DeadLetters(cast(Any, None)), SyncOptions(), lambda: 300.0
     )
     sync.run(batch)
 
@@ -57,7 +57,7 @@ def run(quick: bool) -> dict[str, Any]:
     changes = 4_000 if quick else 40_000
     batch = sync_batches(generate(StreamSpec(changes, 2_000, seed=5)))[0]
     table = cast(Any, InMemoryTable())
-    outbox = Outbox(table, "m")
+    outbox = Outbox(table, "m", 360)
     identifiers = 40_000 if quick else MAX_IDENTIFIERS_PER_FLUSH
     for seq, start in enumerate(range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM)):
         chunk = {f"{i:064x}" for i in range(start, min(identifiers, start + MAX_IDENTIFIERS_PER_ITEM))}

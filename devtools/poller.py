@@ -48,11 +48,10 @@ class PollStats:
 
 
 def outbox_waiting(dynamodb: Any, table: str) -> int:
-    """Audiences with changes waiting in the outbox (its summary items)."""
-    page = dynamodb.query(
-        TableName=table, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "outbox"}}
-    )
-    return int(page["Count"])
+    """Audiences with changes waiting in the outbox."""
+    from audience_sync.outbox import Outbox  # the layer is on sys.path once a function is loaded
+
+    return len(Outbox(dynamodb, table, lock_seconds=0).waiting())
 
 
 # What EventBridge Scheduler's minute schedule sends (the handler only checks that it is not an SQS batch).

@@ -332,8 +332,8 @@ def hold_lease(stack: Stack, audience: str) -> None:
     stack.aws.client("dynamodb").put_item(
         TableName=stack.aws.ledger_table,
         Item={
-            "pk": {"S": f"lock#{audience}"},
-            "sk": {"S": "lock"},
+            "pk": {"S": "outbox"},
+            "sk": {"S": audience},
             "owner": {"S": "someone-else"},
             "expires": {"N": str(int(time.time()) + 60)},
         },
@@ -351,7 +351,7 @@ def test_a_withdrawal_whose_re_evaluation_failed_is_finished_by_the_next_consent
     assert result["batchItemFailures"] == [{"itemIdentifier": "x"}]
     sqs.delete_message(QueueUrl=stack.aws.queue_url, ReceiptHandle=message["ReceiptHandle"])  # e.g. parked
     stack.aws.client("dynamodb").delete_item(
-        TableName=stack.aws.ledger_table, Key={"pk": {"S": "lock#cart"}, "sk": {"S": "lock"}}
+        TableName=stack.aws.ledger_table, Key={"pk": {"S": "outbox"}, "sk": {"S": "cart"}}
     )
     assert stack.members("cart") == {sha("a@example.com")}
     # A later consent event with the same answer changes nothing by itself, but the pending one is finished.

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -80,7 +81,7 @@ def aws_stack(moto_server: MotoServer, criteo: CriteoEmulator) -> Stack:
 
 
 def new_outbox(stack: Stack, clock: Callable[[], float] = time.time) -> Outbox:
-    return Outbox(stack.aws.client("dynamodb"), stack.aws.ledger_table, clock)
+    return Outbox(stack.aws.client("dynamodb"), stack.aws.ledger_table, 60, clock)
 
 
 def new_flusher(
@@ -106,7 +107,7 @@ def new_flusher(
     )
     return Flusher(
         client,
-        Outbox(dynamodb, stack.aws.ledger_table, clock),
+        Outbox(dynamodb, stack.aws.ledger_table, 60, clock),
         CallBudget(
             dynamodb, stack.aws.ledger_table, policy.calls_per_minute, clock, burst or policy.calls_per_minute / 20
         ),
@@ -314,6 +315,56 @@ def test_outbox_finish_carries_what_was_not_sent_before_later_entries(aws_stack:
     [left] = outbox.waiting()
     assert left.counts == {ADD_EMAIL: 2}
     assert left.first == pytest.approx(START - 20)
+
+
+def expire_items(stack: Stack, now: float) -> None:
+    """What DynamoDB's TTL sweeper does: delete every item whose `ttl` has passed."""
+    dynamodb = stack.aws.client("dynamodb")
+    for page in dynamodb.get_paginator("scan").paginate(TableName=stack.aws.ledger_table):
+        for item in page["Items"]:
+            if "ttl" in item and float(item["ttl"]["N"]) < now:
+                dynamodb.delete_item(TableName=stack.aws.ledger_table, Key={"pk": item["pk"], "sk": item["sk"]})
+
+
+def test_entries_waiting_through_hours_of_outage_keep_their_order(aws_stack: Stack) -> None:
+    # Found in review: the lease item (and its `seq`) expired an hour after its last taking even with entries
+    # waiting, so the next entry was numbered 1 again and sorted before them: an exit lost to an older enter.
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    for _ in range(3):
+        seq = outbox.acquire("a", 0)
+        assert seq is not None
+        outbox.append("a", seq, adds({email(1)}), "Cart", queued=clock())
+    clock.advance(6 * 3600)  # Criteo away for hours: nothing flushed, no change for the audience
+    expire_items(aws_stack, clock())
+    seq = outbox.acquire("a", 0)
+    assert seq == 4
+    outbox.append("a", seq, removes({email(1)}), "Cart", queued=clock())
+    assert net(s.entry for s in outbox.entries("a")) == removes({email(1)})
+
+
+def test_an_idle_audience_item_expires_and_one_with_changes_waiting_does_not(aws_stack: Stack) -> None:
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    table = aws_stack.aws.client("dynamodb")
+
+    def item() -> dict[str, Any]:
+        key = {"pk": {"S": "outbox"}, "sk": {"S": "a"}}
+        return table.get_item(TableName=aws_stack.aws.ledger_table, Key=key, ConsistentRead=True)["Item"]
+
+    assert outbox.acquire("a", 0) == 1
+    outbox.release("a")  # nothing appended: idle
+    assert float(item()["ttl"]["N"]) == pytest.approx(START + 3600, abs=2)
+    assert outbox.acquire("a", 0) == 2 and "ttl" not in item()  # held: it must not expire under its holder
+    outbox.append("a", 2, adds({email(1)}), "Cart", queued=START)
+    assert outbox.acquire("a", 0) == 3
+    outbox.release("a")  # nothing appended, but the entry of seq 2 waits
+    assert "ttl" not in item() and outbox.waiting()[0].counts == {ADD_EMAIL: 1}
+    [summary] = outbox.waiting()
+    read = outbox.entries("a")
+    assert outbox.finish(summary, Outcome(read, carry=None, counts_before=stored_counts(read)))
+    assert outbox.waiting() == [] and "ttl" in item() and item()["seq"]["N"] == "3"
+    assert outbox.acquire("a", 0) == 4  # numbering goes on
 
 
 # --- 4. the Flusher: fewest calls ------------------------------------------------------------------------------

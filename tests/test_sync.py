@@ -10,6 +10,7 @@ import pytest
 
 from audience_sync.records import AudienceChange, pack_changes
 from devtools.lambda_runtime import FakeContext
+from devtools.poller import outbox_waiting
 from tests.conftest import AUDIENCE_PREFIX, Stack, make_stack
 from tests.segment_events import audience_event, sha, signed, user_hash
 
@@ -221,12 +222,7 @@ class OneAudienceContext(FakeContext):
         super().__init__(timeout_seconds=60)
 
     def _waiting(self) -> int:
-        table = self.stack.aws.ledger_table
-        return int(
-            self.stack.aws.client("dynamodb").query(
-                TableName=table, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "outbox"}}
-            )["Count"]
-        )
+        return outbox_waiting(self.stack.aws.client("dynamodb"), self.stack.aws.ledger_table)
 
     def get_remaining_time_in_millis(self) -> int:
         return 60_000 if self._waiting() == self.waiting else 1_000

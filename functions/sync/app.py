@@ -32,7 +32,7 @@ aws_config = client_config(read_timeout=10, attempts=3)
 secrets = parameters.SecretsProvider(boto_config=aws_config)
 dynamodb = boto3.client("dynamodb", config=client_config(read_timeout=10, attempts=3, pool=PARALLEL_CALLS))
 ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
-outbox = Outbox(dynamodb, settings.ledger_table)
+outbox = Outbox(dynamodb, settings.ledger_table, settings.lock_seconds)
 budget = CallBudget(dynamodb, settings.ledger_table, settings.criteo_calls_per_minute)
 options = SyncOptions(
     name_prefix=settings.audience_name_prefix,

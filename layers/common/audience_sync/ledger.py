@@ -1,10 +1,9 @@
 """The membership ledger in DynamoDB: per (user, audience) what Criteo holds (or will hold once the
-audience's outbox is flushed), per user their consent, and the leases.
+audience's outbox is flushed), per user their consent, and the flusher lease.
 
 Items (`pk`, `sk`): (user, `a#<audience>`) a Membership (newest enter `e` and exit `x` versions, the held
-identifiers `ids`, `live`); (user, `c#`) the newest consent (`v`, `ok`); (`lock#<audience>`, `lock`) the lease
-that keeps two sync invocations from interleaving one audience's changes, with a sequence number `seq` that
-orders its outbox entries; (`flusher`, `lock`) the lease of the one flush running. Users are
+identifiers `ids`, `live`); (user, `c#`) the newest consent (`v`, `ok`); (`flusher`, `lock`) the lease of the
+one flush running. An audience's lease is its outbox item (outbox.py). Users are
 hashes (see segment.user_key), so no user id is stored in clear; keying by user answers "which audiences is
 this user in" with one Query. See docs/design.md for the model and its cost.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,15 +19,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from botocore.exceptions import BotoCoreError, ClientError
 
 from audience_sync.membership import Membership
-from audience_sync.table import Table
+from audience_sync.table import LEASE_KEPT_SECONDS, Table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 # A user who left keeps their versions past SQS's longest retention (14 days), so any redelivery finds them.
 LEFT_TTL_SECONDS = 15 * 24 * 3600
-LOCK_POLL_SECONDS = 0.25
-LEASE_KEPT_SECONDS = 3600  # a lease item outlives its holder by an hour (`last_synced`), then expires
 FLUSHER_LEASE = "flusher"
 MEMBER = "a#"
 CONSENT = "c#"
@@ -44,81 +40,31 @@ class Consent(NamedTuple):
 
 
 class Ledger(Table):
-    """The membership ledger's items and the leases."""
+    """The membership ledger's items and the flusher lease."""
 
     def __init__(
         self, dynamodb: DynamoDBClient, table: str, lock_seconds: int, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(dynamodb, table, clock)
         self.lock_seconds = lock_seconds
-        self.owner = uuid.uuid4().hex
-
-    def acquire(self, audience_key: str, wait_seconds: float) -> int | None:
-        """Take the audience's lease, waiting up to `wait_seconds` for another holder to finish; returns the
-        lease's sequence number (one more at every taking: it orders the audience's outbox entries), or None."""
-        return self._lease(f"lock#{audience_key}", wait_seconds)
 
     def acquire_flusher(self) -> bool:
         """Take (or, taken, extend) the one flusher lease without waiting: one flush at a time, whichever
         invocation runs it. Like an audience's, it outlasts the function's timeout: two flushers of one audience
         could delete each other's entries, so one that crashed holds the flush back until it expires."""
-        return self._lease(FLUSHER_LEASE, 0.0) is not None
-
-    def release(self, audience_key: str) -> None:
-        """Give the audience's lease back and note when it was synced."""
-        self._release(f"lock#{audience_key}")
+        return self._lease((FLUSHER_LEASE, "lock"), self.lock_seconds, 0.0, LEASE_KEPT_SECONDS) is not None
 
     def release_flusher(self) -> None:
-        """Give the flusher lease back."""
-        self._release(FLUSHER_LEASE)
-
-    def _lease(self, pk: str, wait_seconds: float) -> int | None:
-        give_up = self.clock() + wait_seconds
-        while True:
-            now = self.clock()
-            take = partial(
-                self.dynamodb.update_item,
-                TableName=self.table,
-                Key={"pk": {"S": pk}, "sk": {"S": "lock"}},
-                UpdateExpression="SET #o = :me, expires = :until, #t = :ttl ADD seq :one",
-                ConditionExpression="attribute_not_exists(pk) OR #o = :me OR expires < :now",
-                ExpressionAttributeNames={"#o": "owner", "#t": "ttl"},
-                ExpressionAttributeValues={
-                    ":me": {"S": self.owner},
-                    ":now": {"N": str(int(now))},
-                    ":until": {"N": str(int(now + self.lock_seconds))},
-                    ":ttl": {"N": str(int(now + LEASE_KEPT_SECONDS))},
-                    ":one": {"N": "1"},
-                },
-                ReturnValues="UPDATED_NEW",
-            )
-            taken = self._conditional("UpdateItem", take)
-            if taken is not None:
-                return int(taken.get("Attributes", {}).get("seq", {}).get("N", "0"))
-            if self.clock() + LOCK_POLL_SECONDS > give_up:
-                return None
-            time.sleep(LOCK_POLL_SECONDS)
-
-    def _release(self, pk: str) -> None:
-        """Only if still ours; an expired lease needs no release."""
+        """Give the flusher lease back (only if still ours; an expired lease needs no release)."""
         with contextlib.suppress(ClientError, BotoCoreError):  # the lease expires on its own anyway
             self.dynamodb.update_item(
                 TableName=self.table,
-                Key={"pk": {"S": pk}, "sk": {"S": "lock"}},
-                UpdateExpression="SET expires = :zero, synced = :now",
+                Key={"pk": {"S": FLUSHER_LEASE}, "sk": {"S": "lock"}},
+                UpdateExpression="SET expires = :zero",
                 ConditionExpression="#o = :me",
                 ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={
-                    ":me": {"S": self.owner},
-                    ":zero": {"N": "0"},
-                    ":now": {"N": f"{self.clock():.3f}"},
-                },
+                ExpressionAttributeValues={":me": {"S": self.owner}, ":zero": {"N": "0"}},
             )
-
-    def last_synced(self, audiences: Iterable[str]) -> dict[str, float]:
-        """When each audience's lease was last released (absent: never, or over an hour ago)."""
-        items = self._get((f"lock#{audience}", "lock") for audience in audiences)
-        return {item["pk"]["S"].removeprefix("lock#"): float(item["synced"]["N"]) for item in items if "synced" in item}
 
     def memberships(self, audience_key: str, users: Iterable[str]) -> dict[str, Membership]:
         """Each user's membership of the audience (strongly consistent); absent users get an empty one."""

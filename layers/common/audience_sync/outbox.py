@@ -5,23 +5,33 @@ nets an audience's entries and sends them when the group is worth a call (docs/d
 Items in the ledger's table:
 - (`out#<audience>`, `<seq>#<part>`): an entry (`d`: zlib-compressed JSON `{"r": {type: [ids]}, "a": ...}`,
   `q`: when its oldest change was queued);
-- (`outbox`, `<audience>`): what is waiting for the audience: `first` (oldest change queued), `last` (last
+- (`outbox`, `<audience>`): the audience's item. Its lease (`owner`, `expires`, `synced`), which keeps two
+  sync invocations from interleaving the audience's changes, and `seq`, one more at every taking, which
+  orders its entries; what is waiting: `first` (oldest change queued; absent: nothing waits), `last` (last
   append), `name` (Segment's display name), `n_<op>_<type>` (identifiers appended, an upper bound),
-  `fails` and `retry` (backoff after a failed call).
+  `fails` and `retry` (backoff after a failed call). Releasing the lease and counting an entry are one
+  write. The item never expires while something waits (`seq` must keep growing); idle, it expires after
+  an hour.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from audience_sync.errors import DependencyUnavailable
 from audience_sync.plan import Entry
 from audience_sync.records import REMOVE
-from audience_sync.table import Item, Table
+from audience_sync.table import LEASE_KEPT_SECONDS, Item, Table
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 SUMMARIES = "outbox"
 ENTRIES = "out#"
@@ -41,6 +51,16 @@ class Waiting:
     counts: dict[Group, int]
     fails: int = 0
     retry: float = 0.0
+    counters: tuple[str, ...] = ()  # every `n_` attribute of the item (zero ones too)
+
+
+@dataclass(frozen=True)
+class Added:
+    """What an entry adds to its audience's summary."""
+
+    counts: dict[Group, int]
+    name: str
+    queued: float
 
 
 @dataclass
@@ -110,11 +130,21 @@ def _counter(group: Group) -> str:
 
 
 class Outbox(Table):
-    """The outbox items of the table."""
+    """The outbox items of the table, and the audiences' leases."""
 
-    def append(self, audience_key: str, seq: int, entry: Entry, name: str, queued: float) -> None:
-        """Store an entry (under the audience's lease `seq`), then count it in the audience's summary."""
-        parts = split(entry)
+    def __init__(
+        self, dynamodb: DynamoDBClient, table: str, lock_seconds: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(dynamodb, table, clock)
+        self.lock_seconds = lock_seconds
+
+    def acquire(self, audience_key: str, wait_seconds: float) -> int | None:
+        """Take the audience's lease, waiting up to `wait_seconds` for another holder to finish; returns the
+        sequence number to store entries under, or None."""
+        return self._lease((SUMMARIES, audience_key), self.lock_seconds, wait_seconds, None)
+
+    def store(self, audience_key: str, seq: int, entry: Entry, name: str, queued: float) -> Added:
+        """Store an entry under the audience's lease `seq` (in parts); `release` counts it."""
         self._put(
             [
                 {
@@ -123,29 +153,54 @@ class Outbox(Table):
                     "d": {"B": encode(part)},
                     "q": {"N": f"{queued:.3f}"},
                 }
-                for index, part in enumerate(parts)
+                for index, part in enumerate(split(entry))
             ]
         )
-        counts = entry.counts()
-        names = {f"#{i}": _counter(group) for i, group in enumerate(counts)}
-        values: dict[str, Any] = {f":{i}": {"N": str(n)} for i, n in enumerate(counts.values())}
-        values.update({":q": {"N": f"{queued:.3f}"}, ":now": {"N": f"{self.clock():.3f}"}, ":name": {"S": name}})
-        adds = ", ".join(f"#{i} :{i}" for i in range(len(counts)))
-        self._dynamo(
-            "UpdateItem",
-            partial(
-                self.dynamodb.update_item,
-                TableName=self.table,
-                Key={"pk": {"S": SUMMARIES}, "sk": {"S": audience_key}},
-                UpdateExpression=f"SET #first = if_not_exists(#first, :q), #last = :now, #name = :name ADD {adds}",
-                ExpressionAttributeNames={"#first": "first", "#last": "last", "#name": "name", **names},
-                ExpressionAttributeValues=values,
-            ),
-        )
+        return Added(entry.counts(), name, queued)
+
+    def append(self, audience_key: str, seq: int, entry: Entry, name: str, queued: float) -> None:
+        """Store an entry and release the lease, counting it."""
+        self.release(audience_key, self.store(audience_key, seq, entry, name, queued))
+
+    def release(self, audience_key: str, added: Added | None = None) -> None:
+        """Give the audience's lease back. With `added`, the summary counts it in the same write, and
+        DependencyUnavailable says it could not be (the entry is not known to the flusher). Without, this never
+        fails (a lease expires anyway), and an audience with nothing waiting starts to expire."""
+        now = f"{self.clock():.3f}"
+        values: dict[str, Any] = {":me": {"S": self.owner}, ":zero": {"N": "0"}, ":now": {"N": now}}
+        names = {"#o": "owner", "#first": "first", "#t": "ttl"}
+        if added is None:
+            values[":ttl"] = {"N": str(int(float(now)) + LEASE_KEPT_SECONDS)}
+            idle = "SET expires = :zero, synced = :now, #t = :ttl"
+            with contextlib.suppress(DependencyUnavailable):
+                if (
+                    self._update_item(audience_key, idle, values, names, "#o = :me AND attribute_not_exists(#first)")
+                    is None
+                ):
+                    del values[":ttl"]  # something waits: it must not expire
+                    self._update_item(
+                        audience_key, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me"
+                    )
+            return
+        counters = {f"#{i}": _counter(group) for i, group in enumerate(added.counts)}
+        values.update({f":{i}": {"N": str(n)} for i, n in enumerate(added.counts.values())})
+        values.update({":q": {"N": f"{added.queued:.3f}"}, ":name": {"S": added.name}})
+        names.update({"#last": "last", "#name": "name", **counters})
+        summary = "#first = if_not_exists(#first, :q), #last = :now, #name = :name"
+        adds = "ADD " + ", ".join(f"{name} {name.replace('#', ':')}" for name in counters) + " REMOVE #t"
+        released = f"SET expires = :zero, synced = :now, {summary} {adds}"
+        if self._update_item(audience_key, released, values, names, "#o = :me") is None:  # the lease was lost
+            del values[":me"], values[":zero"], names["#o"]
+            self._update_item(audience_key, f"SET {summary} {adds}", values, names, None)
 
     def waiting(self) -> list[Waiting]:
         """Every audience with something waiting."""
-        return [_waiting(item) for item in self._query(SUMMARIES)]
+        return [_waiting(item) for item in self._query(SUMMARIES) if "first" in item]
+
+    def last_synced(self, audiences: Iterable[str]) -> dict[str, float]:
+        """When each audience's lease was last released (absent: never, or idle for over an hour)."""
+        items = self._get((SUMMARIES, audience) for audience in audiences)
+        return {item["sk"]["S"]: float(item["synced"]["N"]) for item in items if "synced" in item}
 
     def entries(self, audience_key: str) -> list[Stored]:
         """All of an audience's entries, oldest first."""
@@ -187,18 +242,14 @@ class Outbox(Table):
             self._put(carried)
         rewritten = {item["sk"]["S"] for item in carried}
         self._delete((ENTRIES + waiting.audience_key, s.sk) for s in outcome.read if s.sk not in rewritten)
-        key = {"pk": {"S": SUMMARIES}, "sk": {"S": waiting.audience_key}}
-        unchanged = {":last": {"N": f"{waiting.last:.3f}"}}
         if not outcome.carry and outcome.complete:
-            drop = partial(
-                self.dynamodb.delete_item,
-                TableName=self.table,
-                Key=key,
-                ConditionExpression="#last = :last",
-                ExpressionAttributeNames={"#last": "last"},
-                ExpressionAttributeValues=unchanged,
-            )
-            if self._conditional("DeleteItem", drop) is not None:
+            # Nothing waits unless something was appended meanwhile; the item stays (its `seq` with it) and
+            # starts to expire.
+            ttl = str(int(self.clock()) + LEASE_KEPT_SECONDS)
+            unchanged = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": ttl}}
+            cleared = {"#first": "first", "#last": "last", "#t": "ttl"}
+            expression = f"SET #t = :ttl REMOVE {', '.join(('#first', 'fails', 'retry', *waiting.counters))}"
+            if self._update_item(waiting.audience_key, expression, unchanged, cleared, "#last = :last") is not None:
                 return True
         carry_counts = outcome.carry.counts() if outcome.carry else {}
         groups = set(carry_counts) | set(outcome.counts_before)
@@ -212,35 +263,43 @@ class Outbox(Table):
         oldest = queued if outcome.carry else outcome.read[-1].queued if not outcome.complete else self.clock()
         values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}})
         adds = (" ADD " + ", ".join(f"#{i} :{i}" for i in range(len(groups)))) if groups else ""
-        self._update(waiting.audience_key, f"SET #first = :q, fails = :zero{adds}", values, names)
+        names["#first"] = "first"
+        self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero{adds}", values, names)
         return False
 
     def failed(self, waiting: Waiting, retry_at: float) -> None:
         """Count a failed flush and when to try again."""
         values = {":f": {"N": str(waiting.fails + 1)}, ":r": {"N": f"{retry_at:.3f}"}}
-        self._update(waiting.audience_key, "SET fails = :f, retry = :r", values)
+        self._update_item(waiting.audience_key, "SET fails = :f, retry = :r", values)
 
-    def _update(
-        self, audience_key: str, expression: str, values: dict[str, Any], names: dict[str, str] | None = None
-    ) -> None:
+    def _update_item(
+        self,
+        audience_key: str,
+        expression: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+        condition: str | None = "attribute_exists(pk)",
+    ) -> dict[str, Any] | None:
+        """UpdateItem on the audience's item: the response, or None when `condition` did not hold."""
         arguments: dict[str, Any] = {
             "TableName": self.table,
             "Key": {"pk": {"S": SUMMARIES}, "sk": {"S": audience_key}},
             "UpdateExpression": expression,
             "ExpressionAttributeValues": values,
-            "ConditionExpression": "attribute_exists(pk)",
         }
-        if "#first" in expression:
-            names = {"#first": "first", **(names or {})}
+        if condition:
+            arguments["ConditionExpression"] = condition
         if names:
             arguments["ExpressionAttributeNames"] = names
-        self._conditional("UpdateItem", partial(self.dynamodb.update_item, **arguments))
+        return self._conditional("UpdateItem", partial(self.dynamodb.update_item, **arguments))
 
 
 def _waiting(item: Item) -> Waiting:
     counts: dict[Group, int] = {}
-    for name, value in item.items():
-        if name.startswith("n_") and int(value["N"]) > 0:
+    counters = tuple(sorted(name for name in item if name.startswith("n_")))
+    for name in counters:
+        value = item[name]
+        if int(value["N"]) > 0:
             operation, id_type = name[2:].split("_", 1)
             counts[(operation, id_type)] = int(value["N"])
     return Waiting(
@@ -251,6 +310,7 @@ def _waiting(item: Item) -> Waiting:
         counts=counts,
         fails=int(item.get("fails", {}).get("N", "0")),
         retry=float(item.get("retry", {}).get("N", "0")),
+        counters=counters,
     )
 
 

@@ -153,7 +153,7 @@ class AudienceSync:
         self, by_audience: dict[str, UserChanges], report: SyncReport
     ) -> list[tuple[str, UserChanges]]:
         try:
-            synced = self.ledger.last_synced(by_audience)
+            synced = self.outbox.last_synced(by_audience)
         except DependencyUnavailable as error:  # the leases will tell; the order is only a fairness aid
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             synced = {}
@@ -188,7 +188,7 @@ class AudienceSync:
         identifiers = {parked.identifier_type: set(parked.identifiers)}
         entry = Entry({}, identifiers) if parked.operation == ADD else Entry(identifiers, {})
         try:
-            seq = self.ledger.acquire(
+            seq = self.outbox.acquire(
                 parked.audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS)
             )
             if seq is None:
@@ -196,8 +196,9 @@ class AudienceSync:
                 return
             try:
                 self.outbox.append(parked.audience_key, seq, entry, parked.audience_name, self.ledger.clock())
-            finally:
-                self.ledger.release(parked.audience_key)
+            except DependencyUnavailable:
+                self.outbox.release(parked.audience_key)
+                raise
         except DependencyUnavailable as error:
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             report.hand_back([message_id], "membership ledger unavailable")
@@ -275,23 +276,20 @@ class AudienceSync:
         """Apply one audience under its lease; returns the users whose consent must be read again."""
         message_ids = {i.message_id for items in users.values() for i in items}
         try:
-            seq = self.ledger.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
+            seq = self.outbox.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
             if seq is None:
                 report.counts["lock_timeouts"] += 1
                 report.hand_back(message_ids, "another invocation held the audience's lease")
                 return {}
+            try:
+                return self._apply_audience(audience_key, seq, users, consents, report)  # releases the lease
+            except Exception:
+                self.outbox.release(audience_key)
+                raise
         except DependencyUnavailable as error:
             logger.warning("membership ledger unavailable", extra={"reason": str(error)})
             report.hand_back(message_ids, "membership ledger unavailable")
             return {}
-        try:
-            return self._apply_audience(audience_key, seq, users, consents, report)
-        except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back(message_ids, "membership ledger unavailable")
-            return {}
-        finally:
-            self.ledger.release(audience_key)
 
     def _apply_audience(
         self, audience_key: str, seq: int, users: UserChanges, consents: dict[str, Consent], report: SyncReport
@@ -336,20 +334,24 @@ class AudienceSync:
                 differences[user] = (added, removed)
         # Users gaining identifiers are written ahead of the outbox entry: an add queued for Criteo is never
         # unknown to the ledger (a sync that dies in between leaves its messages to come back, and they queue
-        # the adds again). Users losing identifiers are written after it, so a failed entry loses no removal.
+        # the adds again). The others are written after it; the entry counts once the release that ends the
+        # lease says so, and if that fails every user goes back to what they were, so the messages' next
+        # delivery does it all again.
         ahead = {u: changed[u] for u, (added, _) in differences.items() if added and u in changed}
         self.ledger.save_memberships(audience_key, ahead)
         entry = outbox_entry(differences)
-        if entry:
-            try:
+        try:
+            stored = None
+            if entry:
                 queued = min(i.queued for u in differences for i in users[u])
-                self.outbox.append(audience_key, seq, entry, self._display_name(users) or "", queued)
-            except DependencyUnavailable:
-                # Written ahead but not queued: back to what they were, so their messages' next delivery does it.
-                self.ledger.save_memberships(audience_key, {u: befores[u] for u in ahead})
-                raise
+                stored = self.outbox.store(audience_key, seq, entry, self._display_name(users) or "", queued)
+            self.ledger.save_memberships(audience_key, {u: s for u, s in changed.items() if u not in ahead})
+            self.outbox.release(audience_key, stored)
+        except DependencyUnavailable:
+            self.ledger.save_memberships(audience_key, {u: befores[u] for u in changed})
+            raise
+        if entry:
             report.counts["identifiers_queued"] += sum(entry.counts().values())
-        self.ledger.save_memberships(audience_key, {u: s for u, s in changed.items() if u not in ahead})
         if not self.options.consent_required:
             return {}
         waiting = [u for u, s in changed.items() if s.is_in and u not in consents]

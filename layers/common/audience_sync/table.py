@@ -1,9 +1,10 @@
 """The one DynamoDB table (`pk`, `sk`, `ttl`) behind the ledger, the outbox and the call budget: batched,
-parallel reads and writes, conditional writes, and DynamoDB's failures turned into DependencyUnavailable."""
+parallel reads and writes, conditional writes, leases, and DynamoDB's failures turned into DependencyUnavailable."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -21,6 +22,8 @@ BATCH_WRITE_ITEMS = 25
 UNPROCESSED_ATTEMPTS = 8
 # Batch calls run in parallel: 100k users are 1,000 reads and 4,000 writes, too slow one after another.
 PARALLEL_CALLS = 16
+LOCK_POLL_SECONDS = 0.25
+LEASE_KEPT_SECONDS = 3600  # an idle lease item is kept an hour, then expires
 Item = dict[str, Any]  # DynamoDB's wire format: attribute -> {type: value}
 
 
@@ -31,6 +34,7 @@ class Table:
         self.dynamodb = dynamodb
         self.table = table
         self.clock = clock
+        self.owner = uuid.uuid4().hex  # whose leases: this instance's (one per Lambda container)
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="dynamodb")
 
     def _get(self, keys: Iterable[tuple[str, str]]) -> list[Item]:
@@ -87,6 +91,40 @@ class Table:
             if "LastEvaluatedKey" not in page:
                 return
             arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _lease(self, key: tuple[str, str], seconds: int, wait_seconds: float, kept_seconds: int | None) -> int | None:
+        """Take the lease on an item (or renew ours) for `seconds`, waiting up to `wait_seconds` for another
+        holder; returns its sequence number (one more at every taking), or None. The item expires `kept_seconds`
+        after, or (None) not while it is held."""
+        give_up = self.clock() + wait_seconds
+        while True:
+            now = self.clock()
+            values = {
+                ":me": {"S": self.owner},
+                ":now": {"N": str(int(now))},
+                ":until": {"N": str(int(now + seconds))},
+                ":one": {"N": "1"},
+            }
+            expression = "SET #o = :me, expires = :until ADD seq :one REMOVE #t"
+            if kept_seconds is not None:
+                expression = "SET #o = :me, expires = :until, #t = :ttl ADD seq :one"
+                values[":ttl"] = {"N": str(int(now + kept_seconds))}
+            take = partial(
+                self.dynamodb.update_item,
+                TableName=self.table,
+                Key={"pk": {"S": key[0]}, "sk": {"S": key[1]}},
+                UpdateExpression=expression,
+                ConditionExpression="attribute_not_exists(pk) OR #o = :me OR expires < :now",
+                ExpressionAttributeNames={"#o": "owner", "#t": "ttl"},
+                ExpressionAttributeValues=values,
+                ReturnValues="UPDATED_NEW",
+            )
+            taken = self._conditional("UpdateItem", take)
+            if taken is not None:
+                return int(taken.get("Attributes", {}).get("seq", {}).get("N", "0"))
+            if self.clock() + LOCK_POLL_SECONDS > give_up:
+                return None
+            time.sleep(LOCK_POLL_SECONDS)
 
     def _until_processed(self, operation: str, unprocessed: str, request: Item) -> list[Item]:
         """Call a batch operation, re-sending what DynamoDB left unprocessed with backoff; all responses."""
