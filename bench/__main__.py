@@ -27,10 +27,9 @@ from bench import (  # noqa: E402
     report,
     sync_core,
 )
-from bench.servers import local_servers  # noqa: E402
 
 
-def run_all(quick: bool, max_changes: int) -> dict[str, Any]:
+def run_all(quick: bool, max_changes: int, jobs: int = 1) -> dict[str, Any]:
     """Every benchmark, in an order that keeps the noisy ones (subprocesses, servers) apart."""
     results: dict[str, Any] = {
         "mode": "quick" if quick else "full",
@@ -51,8 +50,7 @@ def run_all(quick: bool, max_changes: int) -> dict[str, Any]:
         results[name] = step()
         print(f"[bench] {name} done in {time.monotonic() - began:.1f}s", flush=True)
     print("[bench] criteo_calls ...", flush=True)
-    with local_servers() as servers:
-        results["criteo_calls"] = criteo_calls.run(servers, quick, max_changes)
+    results["criteo_calls"] = criteo_calls.run(quick, max_changes, jobs)
     results["cost"] = cost.run(results)
     return results
 
@@ -71,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-changes", type=int, default=10_000_000, help="largest Criteo-call stream (10M streams take ~1 h each)"
     )
+    parser.add_argument("--jobs", type=int, default=1, help="Criteo-call streams run at once (one process each)")
     args = parser.parse_args(argv)
     began = time.monotonic()
-    results = run_all(args.quick, args.max_changes)
+    results = run_all(args.quick, args.max_changes, args.jobs)
     results["seconds"] = round(time.monotonic() - began, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

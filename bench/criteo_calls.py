@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -32,8 +33,9 @@ from audience_sync.records import AudienceChange, unpack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
 from bench.memory_table import InMemoryTable
 from bench.peer import peer_calls
-from bench.servers import Servers
+from bench.servers import new_emulator
 from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, invocations, minimum_calls, stream, sync_batches
+from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO
 from devtools.minimum import WindowMinimum
 
@@ -103,10 +105,10 @@ def _per_minute(patches_at: list[tuple[float, int]]) -> tuple[int, float]:
     return peak, (over / total if total else 0.0)
 
 
-def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
+def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> dict[str, Any]:
     """Run one stream through the sync and flush code on the simulated clock; the figures of the run."""
     SEGMENT_IDS.clear()
-    servers.criteo.reset()
+    criteo_emulator.reset()
     clock = SimulatedClock()
     table = InMemoryTable()
     client = cast(Any, table)
@@ -115,7 +117,7 @@ def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
     budget = CallBudget(client, "bench", BUDGET_PER_MINUTE, clock=clock)
     credentials = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
     criteo = CriteoClient(
-        requests.Session(), servers.criteo.url, "2026-07", credentials, lambda: 300.0, tokens=TokenCache()
+        requests.Session(), criteo_emulator.url, "2026-07", credentials, lambda: 300.0, tokens=TokenCache()
     )
     dead_letters = DeadLetters(cast(Any, _NoQueue()))
     options = SyncOptions()
@@ -141,13 +143,14 @@ def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
                 if applied.failed:
                     raise RuntimeError(f"the sync handed back {len(applied.failed)} messages")
             arrived.clear()
-        before = servers.criteo.count("patch")
-        waiting = outbox.waiting()
+        before = criteo_emulator.count("patch")
+        with table.unmetered():
+            waiting = outbox.waiting()
         run.largest_audience_flush = max([run.largest_audience_flush, *(sum(w.counts.values()) for w in waiting)])
         report = flusher.tick()
         run.waited.extend(report.waited)
         run.identifiers_sent += report.counts["identifiers_added"] + report.counts["identifiers_removed"]
-        made = servers.criteo.count("patch") - before
+        made = criteo_emulator.count("patch") - before
         if made:
             run.patches_at.append((now, made))
 
@@ -183,7 +186,7 @@ def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
             raise RuntimeError("the outbox did not drain in 48 simulated hours")
     run.drained_at = next_step - STEP_SECONDS
     window_minimum, whole_minimum = windows.finish(), whole.finish()
-    calls = {kind: servers.criteo.count(kind) for kind in CALL_KINDS}
+    calls = {kind: criteo_emulator.count(kind) for kind in CALL_KINDS}
     peak, over_limit = _per_minute(run.patches_at)
     peer = peer_calls(peer_input) if peer_input else None
     before = before_patches(peer_input) if burst and peer_input else None
@@ -216,7 +219,7 @@ def simulate(servers: Servers, spec: StreamSpec, burst: bool) -> dict[str, Any]:
         "drain_after_last_arrival_s": round(drain, 1),
         "last_window_minimum_s": round(last_window_minutes * 60, 1),
         "largest_audience_flush": run.largest_audience_flush,
-        "spec_violations": len(servers.criteo.spec_violations),
+        "spec_violations": len(criteo_emulator.spec_violations),
     }
 
 
@@ -228,17 +231,23 @@ def before_patches(changes: list[AudienceChange]) -> int:
     ).patches_per_batch
 
 
-def run(servers: Servers, quick: bool, max_changes: int = 10_000_000) -> list[dict[str, Any]]:
-    """Every stream of the benchmark up to `max_changes` (1k and 10k over 1 and 20 audiences in quick mode)."""
+def one_stream(spec: StreamSpec, burst: bool) -> dict[str, Any]:
+    """One stream against its own emulator (a process of its own when the run has several jobs)."""
+    began = time.monotonic()
+    with new_emulator() as criteo_emulator:
+        result = simulate(criteo_emulator, spec, burst)
+    result["seconds"] = round(time.monotonic() - began, 1)
+    print(f"[bench] criteo_calls {result['stream']} {result['mode']}: {result}", flush=True)
+    return result
+
+
+def run(quick: bool, max_changes: int = 10_000_000, jobs: int = 1) -> list[dict[str, Any]]:
+    """Every stream of the benchmark up to `max_changes` (1k and 10k over 1 and 20 audiences in quick mode),
+    `jobs` at a time (each stream runs alone on its simulated clock, so its figures do not depend on that)."""
     sizes = (1_000, 10_000) if quick else tuple(n for n in (1_000, 100_000, 1_000_000, 10_000_000) if n <= max_changes)
     audiences = (1, 20) if quick else (1, 20, 200, 2_000)
-    results = []
-    for n in sizes:
-        for a in audiences:
-            for burst in (True, False):
-                began = time.monotonic()
-                result = simulate(servers, StreamSpec(n, a), burst)
-                result["seconds"] = round(time.monotonic() - began, 1)
-                print(f"[bench] criteo_calls {result['stream']} {result['mode']}: {result}", flush=True)
-                results.append(result)
-    return results
+    streams = [(StreamSpec(n, a), burst) for n in sizes for a in audiences for burst in (True, False)]
+    if jobs <= 1:
+        return [one_stream(spec, burst) for spec, burst in streams]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one_stream, *zip(*streams, strict=True)))

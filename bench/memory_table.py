@@ -11,7 +11,9 @@ import math
 import pickle
 import re
 import threading
-from collections import Counter
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 WRITE_UNIT_BYTES = 1024  # one WRU writes up to 1 KB
@@ -69,10 +71,17 @@ class InMemoryTable:
     def __init__(self) -> None:
         # pk -> sk -> the item pickled: a tenth of the memory of the wire-format dicts (10M changes make ~9M items)
         self.items: dict[str, dict[str, bytes]] = {}
-        self.billed: Counter[str] = Counter()
+        self.billed: defaultdict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
 
-    def _bill(self, operation: str, rru: int = 0, wru: int = 0) -> None:
+    @contextmanager
+    def unmetered(self) -> Iterator[None]:
+        """Calls made inside are not billed (the benchmark's own observations)."""
+        saved = defaultdict(float, self.billed)
+        yield
+        self.billed = saved
+
+    def _bill(self, operation: str, rru: float = 0, wru: int = 0) -> None:
         with self._lock:
             self.billed[operation] += 1
             self.billed["rru"] += rru
@@ -168,14 +177,16 @@ class InMemoryTable:
         return {}
 
     def query(self, **params: Any) -> dict[str, Any]:
-        """Query `pk = :p` (optionally `AND begins_with(sk, :s)`), one page, billed per 4 KB read."""
+        """Query `pk = :p` (optionally `AND begins_with(sk, :s)`), one page, billed per 4 KB read (half a unit
+        eventually consistent)."""
         values = params["ExpressionAttributeValues"]
         pk = (values.get(":p") or values[":u"])["S"]
         prefix = (values.get(":s") or values.get(":a") or {"S": ""})["S"]
         with self._lock:
             found = [_load(item) for sk, item in sorted(self.items.get(pk, {}).items()) if sk.startswith(prefix)]
             size = sum(item_bytes(item) for item in found)
-        self._bill("Query", rru=max(1, math.ceil(size / READ_UNIT_BYTES)))
+        units = max(1, math.ceil(size / READ_UNIT_BYTES))
+        self._bill("Query", rru=units if params.get("ConsistentRead") else units / 2)
         if params.get("ProjectionExpression") == "sk":
             found = [{"sk": item["sk"]} for item in found]
         return {"Items": found, "Count": len(found)}

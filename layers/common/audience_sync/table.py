@@ -71,17 +71,19 @@ class Table:
             return [call(request) for request in requests]
         return self._pool.map(call, requests)
 
-    def _query(self, pk: str, prefix: str = "", projection: str | None = None) -> list[Item]:
-        """Every item of a partition (whose sk starts with `prefix`), strongly consistent, all pages."""
-        return list(self._items(pk, prefix, projection))
+    def _query(self, pk: str, prefix: str = "", projection: str | None = None, consistent: bool = True) -> list[Item]:
+        """Every item of a partition (whose sk starts with `prefix`), all pages."""
+        return list(self._items(pk, prefix, projection, consistent))
 
-    def _items(self, pk: str, prefix: str = "", projection: str | None = None) -> Iterator[Item]:
+    def _items(
+        self, pk: str, prefix: str = "", projection: str | None = None, consistent: bool = True
+    ) -> Iterator[Item]:
         """The items of a partition in key order, a page read only when the caller gets to it."""
         arguments: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)" if prefix else "pk = :p",
             "ExpressionAttributeValues": {":p": {"S": pk}, **({":s": {"S": prefix}} if prefix else {})},
-            "ConsistentRead": True,
+            "ConsistentRead": consistent,
         }
         if projection:
             arguments["ProjectionExpression"] = projection
