@@ -83,7 +83,7 @@ pytest: setup
 test: lint typecheck pytest ## everything CI checks
 
 bench: setup ## every benchmark (hours with the 10M streams; ARGS=--max-changes 1000000: ~1 h): table, results.json, scaling.png
-	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m bench --jobs $$(nproc) $(ARGS)
 
 bench-quick: setup ## the benchmarks at small sizes (what CI checks runs)
 	$(BIN)/python -m bench --quick --out .local/bench $(ARGS)

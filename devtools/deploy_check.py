@@ -492,6 +492,12 @@ def permissions_needed(call: dict[str, Any], region: str = REGION) -> list[tuple
             else f"arn:{PARTITION}:secretsmanager:{region}:{ACCOUNT}:secret:{secret}"
         )
         return [(f"secretsmanager:{operation}", arn)]
+    if service == "ssm":
+        name = str(params["Name"])
+        arn = (
+            name if name.startswith("arn:") else f"arn:{PARTITION}:ssm:{region}:{ACCOUNT}:parameter/{name.lstrip('/')}"
+        )
+        return [(f"ssm:{operation}", arn)]
     return [(f"{service}:{operation}", "*")]
 
 

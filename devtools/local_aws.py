@@ -58,6 +58,7 @@ class LocalAws:
     criteo_secret_arn: str
     ledger_table: str
     max_receive_count: int = 5
+    audience_settings_parameter: str = ""
 
     def client(self, service: str) -> Any:
         """A boto3 client talking to the local moto server."""
@@ -83,6 +84,8 @@ class LocalAws:
             "FLUSH_SECONDS": "0",
             "FLUSH_RETRY_SECONDS": "0",
             "CRITEO_CALLS_PER_MINUTE": "60000",
+            "AUDIENCE_CONFIG_PARAMETER": self.audience_settings_parameter,
+            "AUDIENCE_CONFIG_MAX_AGE_SECONDS": "0",  # a change is used at once (the template: within 60 s)
             **powertools_env(),
         }
         env.update(overrides)
@@ -179,7 +182,8 @@ def provision(
     webhook_secret: str | None = DEV_WEBHOOK_SECRET,
     criteo_credentials: dict[str, str] | None = None,
 ) -> LocalAws:
-    """Create the queues, secrets and membership ledger table that template.yaml declares."""
+    """Create the queues, secrets, membership ledger table and audience settings parameter that template.yaml
+    declares."""
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     sqs = session.client("sqs", endpoint_url=endpoint)
     secrets = session.client("secretsmanager", endpoint_url=endpoint)
@@ -209,7 +213,9 @@ def provision(
         ],
         BillingMode="PAY_PER_REQUEST",
     )
-    return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table, max_receive_count)
+    settings = f"/{prefix}/audience-settings"
+    session.client("ssm", endpoint_url=endpoint).put_parameter(Name=settings, Value="{}", Type="String")
+    return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table, max_receive_count, settings)
 
 
 if __name__ == "__main__":

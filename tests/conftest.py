@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -15,6 +19,23 @@ from devtools.criteo_emulator import CriteoEmulator
 from devtools.lambda_runtime import FakeContext, load_function
 from devtools.local_aws import DEV_CRITEO, DEV_WEBHOOK_SECRET, LocalAws, MotoServer, provision
 from devtools.poller import SqsPoller, queue_backlog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bounded(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """subprocess.run in its own process group, all of which is killed on a timeout (moto runs as a child)."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
 
 _prefixes = itertools.count()
 AUDIENCE_PREFIX = "segment_"  # the template's default AudienceNamePrefix

@@ -25,7 +25,10 @@ def _numbers(value: Any) -> list[float]:
 
 def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], cwd=ROOT, check=True, timeout=120
+        [sys.executable, "-m", "bench", "--quick", "--jobs", "2", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=120,
     )
     results = json.loads((tmp_path / "results.json").read_text())
     for section in ("criteo_calls", "sync_core", "ingest", "cold_init", "package_size", "latency", "memory", "cost"):

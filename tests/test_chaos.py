@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 from devtools.chaos import compare
 from devtools.chaos_events import KINDS, criteo_identifier, expected_members, generate
+from tests.conftest import run_bounded
 from tests.test_chaos_events import CI_AUDIENCES, CI_EVENTS
 
-ROOT = Path(__file__).resolve().parent.parent
 CI_SOAK = [
     *("--events", str(CI_EVENTS), "--audiences", str(CI_AUDIENCES), "--batch-size", "4", "--function-timeout", "9"),
     *("--max-receive-count", "8", "--expire-tokens-every", "3", "--rate-limit", "10", "--rate-window-seconds", "1"),
@@ -20,13 +18,7 @@ CI_SOAK = [
 
 
 def test_ci_sized_chaos_soak_ends_exact() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "devtools.chaos", *CI_SOAK, "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_bounded([sys.executable, "-m", "devtools.chaos", *CI_SOAK, "--json"], timeout=240)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     assert "wrong = 0, lost = 0" in done.stdout and "\nPASS" in done.stdout
     assert re.search(r"Log scan: [1-9][\d,]* lines .*: 0 found", done.stdout)  # the logs were there, and clean

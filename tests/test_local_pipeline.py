@@ -23,24 +23,10 @@ import requests
 
 from audience_sync.webhook_auth import signature_of
 from devtools.local_aws import DEV_WEBHOOK_SECRET, free_port
+from tests.conftest import ROOT, run_bounded
 
-ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = [sys.executable, "-m", "devtools.local_pipeline"]
 BUILD_SH = ROOT / "scripts" / "lambda-image" / "build.sh"
-
-
-def run_bounded(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """subprocess.run in its own process group, all of which is killed on a timeout (moto runs as a child)."""
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @contextmanager

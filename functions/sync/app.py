@@ -12,6 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from audience_sync.audience_config import ConfigSource
 from audience_sync.budget import CallBudget
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
@@ -48,6 +49,12 @@ policy = FlushPolicy(
     retry_seconds=settings.flush_retry_seconds,
 )
 dead_letters = DeadLetters(QueueWriter(boto3.client("sqs", config=aws_config), settings.dead_letter_queue_url))
+ssm = parameters.SSMProvider(boto_config=aws_config)
+audience_config = ConfigSource(
+    (lambda: str(ssm.get(settings.audience_config_parameter, max_age=settings.audience_config_max_age_seconds)))
+    if settings.audience_config_parameter
+    else None
+)
 
 
 def load_credentials() -> CriteoCredentials | None:
@@ -82,7 +89,10 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         if credentials is None:
             return {"criteo_credentials_errors": 1, "outbox_audiences": len(outbox.waiting())}
         criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
-        flusher = Flusher(criteo, outbox, budget, dead_letters, options, policy, seconds_left)
+        flusher = Flusher(
+            criteo, outbox, budget, dead_letters, options, policy, seconds_left, config=audience_config.current
+        )
+        refused = audience_config.refused
         report: FlushReport = run_flushes(
             flusher,
             settings.flush_poll_seconds,
@@ -101,6 +111,7 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         "criteo_retries": criteo.stats.retries,
         "criteo_throttles": criteo.stats.throttles,
         "token_fetches": criteo.stats.calls.get("token", 0),
+        "audience_config_refused": audience_config.refused - refused,
     }
 
 

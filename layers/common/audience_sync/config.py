@@ -132,6 +132,8 @@ class SyncSettings:
     flush_seconds: int = 50  # a scheduled invocation keeps flushing this long (the schedule starts one a minute)
     flush_poll_seconds: int = 5  # meanwhile it looks at the outbox this often
     flush_retry_seconds: int = 5  # an audience whose call failed waits this, doubled per failure (≤ 300 s)
+    audience_config_parameter: str = ""  # the SSM parameter holding the settings per audience (audience_config.py)
+    audience_config_max_age_seconds: int = 60  # a change to it is used within this long
 
     VARIABLES = (
         "CRITEO_SECRET_ARN",
@@ -153,6 +155,8 @@ class SyncSettings:
         "FLUSH_SECONDS",
         "FLUSH_POLL_SECONDS",
         "FLUSH_RETRY_SECONDS",
+        "AUDIENCE_CONFIG_PARAMETER",
+        "AUDIENCE_CONFIG_MAX_AGE_SECONDS",
     )
 
     @classmethod
@@ -180,4 +184,8 @@ class SyncSettings:
             flush_seconds=env.number("FLUSH_SECONDS", cls.flush_seconds),
             flush_poll_seconds=env.number("FLUSH_POLL_SECONDS", cls.flush_poll_seconds, minimum=1),
             flush_retry_seconds=env.number("FLUSH_RETRY_SECONDS", cls.flush_retry_seconds),
+            audience_config_parameter=env.text("AUDIENCE_CONFIG_PARAMETER", cls.audience_config_parameter),
+            audience_config_max_age_seconds=env.number(
+                "AUDIENCE_CONFIG_MAX_AGE_SECONDS", cls.audience_config_max_age_seconds
+            ),
         )

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
+from audience_sync.audience_config import AudienceConfig, AudienceSettings
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.errors import (
@@ -105,8 +106,11 @@ class Flusher:
         policy: FlushPolicy,
         seconds_left: Callable[[], float],
         workers: int = 8,
+        config: Callable[[], AudienceConfig] = AudienceConfig,
     ) -> None:
         self.criteo = criteo
+        self.config = config
+        self._config = AudienceConfig()  # this tick's
         self.directory = SegmentDirectory(criteo, options.deployment, options.adopt_segments)
         self.outbox = outbox
         self.budget = budget
@@ -124,12 +128,15 @@ class Flusher:
         report = FlushReport()
         self._stop.clear()
         now = self.clock()
-        waiting = self.outbox.waiting()
+        self._config = self.config()
+        every = self.outbox.waiting()
+        waiting = [w for w in every if not self._settings(w).paused]  # a paused audience's changes wait
         backlog = self.policy.backlog_seconds(waiting)
         last_change = max((w.last for w in waiting), default=now)
         ready = [(w, mode) for w in waiting if (mode := self.policy.mode(w, now, backlog, last_change))]
         ready.sort(key=lambda pair: (not _has_full(pair[0]), pair[0].first))
         report.gauges = {
+            "outbox_paused_audiences": len(every) - len(waiting),
             "outbox_audiences": len(waiting),
             "outbox_oldest_seconds": int(max((now - w.first for w in waiting), default=0)),
             "outbox_backlog_seconds": int(backlog),
@@ -159,10 +166,15 @@ class Flusher:
     def _send(self, waiting: Waiting, mode: str, report: FlushReport) -> None:
         read, complete = self.outbox.oldest(waiting.audience_key)
         plans = patches(waiting.audience_key, net(s.entry for s in read))
-        chosen = plans if mode == ALL else [p for p in plans if p.full]
+        types = self._settings(waiting).identifier_types
+        # Adds of types the audience does not send are dropped; removes always go (they may be in Criteo).
+        dropped = {id(p) for p in plans if types is not None and p.operation == ADD and p.identifier_type not in types}
+        report.counts["identifiers_not_sent_by_setting"] += sum(len(p.identifiers) for p in plans if id(p) in dropped)
+        chosen = [p for p in plans if id(p) not in dropped and (mode == ALL or p.full)]
         if not chosen and mode == FULL_ONLY:
             return
         sent, failed = self._patch_all(waiting, chosen, report)
+        sent |= dropped
         unsent = [p for p in plans if id(p) not in sent]
         carry = remainder(unsent) if unsent else None
         if self.outbox.finish(waiting, Outcome(read, carry, stored_counts(read), complete)):
@@ -225,7 +237,9 @@ class Flusher:
             try:
                 result = patch(segment_id)
             except SegmentGone:
-                self.directory.forget(self.options.name_prefix + waiting.audience_key)
+                if self._settings(waiting).segment_id:
+                    raise  # the configured segment is gone: the changes wait until the setting is fixed
+                self.directory.forget(self._segment_name(waiting))
                 segment_id = self._segment_id(waiting)
                 result = patch(segment_id)
         except RejectedRequest as error:
@@ -238,14 +252,24 @@ class Flusher:
         report.counts["patches"] += 1
         return segment_id
 
+    def _settings(self, waiting: Waiting) -> AudienceSettings:
+        return self._config.settings(waiting.audience_key)
+
+    def _segment_name(self, waiting: Waiting) -> str:
+        return self._settings(waiting).segment_name or self.options.name_prefix + waiting.audience_key
+
     def _segment_id(self, waiting: Waiting) -> str:
-        """Resolve (or create) the audience's segment; the search and create calls are charged to the budget."""
+        """The configured segment, or resolve (or create) it by name; search and create calls are charged to
+        the budget."""
+        settings = self._settings(waiting)
+        if settings.segment_id:
+            return settings.segment_id
         display = waiting.name or waiting.audience_key
-        description = f"Segment Engage audience {display} (synced by segment-criteo-sync)"
+        description = settings.description or f"Segment Engage audience {display} (synced by segment-criteo-sync)"
         with self._resolving:
             before = self.criteo.stats.total_calls
             try:
-                return self.directory.resolve(self.options.name_prefix + waiting.audience_key, description)
+                return self.directory.resolve(self._segment_name(waiting), description)
             finally:
                 self.budget.charge(self.criteo.stats.total_calls - before)
 

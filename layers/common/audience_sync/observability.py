@@ -74,6 +74,9 @@ SYNC_METRICS = frozenset(
         "outbox_audiences",
         "outbox_oldest_seconds",
         "outbox_backlog_seconds",
+        "outbox_paused_audiences",
+        "identifiers_not_sent_by_setting",
+        "audience_config_refused",
         "segment_ownership_conflicts",
         "criteo_credentials_errors",
     }

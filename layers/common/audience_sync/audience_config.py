@@ -1,0 +1,130 @@
+"""Settings per audience: one JSON document (an SSM parameter), changeable without a redeploy.
+
+    {"defaults": {"identifier_types": ["email", "madid"]},
+     "audiences": {"cart_abandoners": {"segment_name": "Cart abandoners", "description": "From Engage",
+                                       "identifier_types": ["email"], "paused": false},
+                   "vip": {"segment_id": "5567"}}}
+
+An audience not named gets the defaults; an empty document (or none) is the deployment's behaviour without one.
+A document that does not validate is a configuration error naming the path of the bad field; the last good
+document stays in use (`ConfigSource`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+from audience_sync.identifiers import IDENTIFIER_TYPES
+from audience_sync.observability import logger
+
+_SETTINGS = {"segment_name", "description", "segment_id", "identifier_types", "paused"}
+MAX_NAME_LENGTH = 255
+
+
+class ConfigError(ValueError):
+    """The document is not valid; the message names the path of the first bad field."""
+
+
+@dataclass(frozen=True)
+class AudienceSettings:
+    """How one audience is synced (None: the deployment's default)."""
+
+    segment_name: str | None = None  # the Criteo segment's name (default: AUDIENCE_NAME_PREFIX + audience key)
+    description: str | None = None  # its description (our ownership marker is appended)
+    segment_id: str | None = None  # an existing Criteo segment to populate instead of one found or created by name
+    identifier_types: frozenset[str] | None = None  # the types added to Criteo (removes always go)
+    paused: bool = False  # changes are kept in the ledger and the outbox, and sent when resumed
+
+
+@dataclass(frozen=True)
+class AudienceConfig:
+    """The validated document."""
+
+    defaults: AudienceSettings = field(default_factory=AudienceSettings)
+    audiences: Mapping[str, AudienceSettings] = field(default_factory=dict)
+
+    def settings(self, audience_key: str) -> AudienceSettings:
+        """The audience's settings: its own where given, else the defaults."""
+        return self.audiences.get(audience_key, self.defaults)
+
+
+def parse(document: str) -> AudienceConfig:
+    """The document, validated (ConfigError names the bad field's path)."""
+    try:
+        data = json.loads(document) if document.strip() else {}
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    root = _object(data, "(document)", {"defaults", "audiences"})
+    defaults = _settings(root.get("defaults", {}), "defaults", AudienceSettings(), allow_segment=False)
+    audiences = {
+        str(key): _settings(value, f"audiences.{key}", defaults, allow_segment=True)
+        for key, value in _object(root.get("audiences", {}), "audiences", None).items()
+    }
+    ids = [s.segment_id for s in audiences.values() if s.segment_id]
+    if len(ids) != len(set(ids)):
+        raise ConfigError("audiences: two audiences name the same segment_id")
+    return AudienceConfig(defaults, audiences)
+
+
+def _object(value: Any, path: str, allowed: set[str] | None) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: must be an object")
+    unknown = sorted(set(value) - allowed) if allowed is not None else []
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown setting (one of {', '.join(sorted(allowed or ()))})")
+    return value
+
+
+def _settings(value: Any, path: str, base: AudienceSettings, allow_segment: bool) -> AudienceSettings:
+    given = _object(value, path, _SETTINGS if allow_segment else _SETTINGS - {"segment_name", "segment_id"})
+    changes: dict[str, Any] = {}
+    for name in ("segment_name", "description", "segment_id"):
+        if name in given:
+            text = given[name]
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_NAME_LENGTH:
+                raise ConfigError(f"{path}.{name}: must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+            changes[name] = text.strip()
+    if "segment_id" in changes and not changes["segment_id"].isdigit():
+        raise ConfigError(f"{path}.segment_id: must be a Criteo segment id (digits)")
+    if "identifier_types" in given:
+        types = given["identifier_types"]
+        if not isinstance(types, list) or not types or not all(t in IDENTIFIER_TYPES for t in types):
+            raise ConfigError(f"{path}.identifier_types: must be a non-empty list of {sorted(IDENTIFIER_TYPES)}")
+        changes["identifier_types"] = frozenset(types)
+    if "paused" in given:
+        if not isinstance(given["paused"], bool):
+            raise ConfigError(f"{path}.paused: must be true or false")
+        changes["paused"] = given["paused"]
+    return replace(base, **changes)
+
+
+class ConfigSource:
+    """The current document, from `fetch` (Powertools Parameters, which caches it for its max age); a bad or
+    unreadable one is logged (with the path of the bad field) and the last good one stays in use."""
+
+    def __init__(self, fetch: Callable[[], str] | None) -> None:
+        self.fetch = fetch
+        self.refused = 0  # documents refused or unreadable so far
+        self._document = ""
+        self._config = AudienceConfig()
+
+    def current(self) -> AudienceConfig:
+        """The last good document (the defaults until one was read)."""
+        if self.fetch is None:
+            return self._config
+        try:
+            document = self.fetch()
+            if document != self._document:
+                self._config, self._document = parse(document), document
+        except ConfigError as error:
+            self.refused += 1
+            logger.error("audience configuration refused; the last good one stays in use", extra={"reason": str(error)})
+        except GetParameterError as error:  # unreadable now (SSM down): keep the last good one
+            self.refused += 1
+            logger.warning("audience configuration unreadable", extra={"reason": type(error).__name__})
+        return self._config

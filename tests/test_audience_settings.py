@@ -1,0 +1,163 @@
+"""Settings per audience (issue: beyond the peers): the JSON document in SSM (moto server), validated with the
+path of a bad field, used by the real sync handler against the Criteo emulator without a redeploy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from audience_sync.audience_config import AudienceSettings, ConfigError, parse
+from devtools.poller import outbox_waiting
+from tests.conftest import AUDIENCE_PREFIX, Stack
+from tests.segment_events import answer, audience_event, sha, signed
+
+MADID = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
+
+
+def configure(stack: Stack, document: Any) -> None:
+    """Write the settings document as an operator would (`aws ssm put-parameter --overwrite`)."""
+    value = document if isinstance(document, str) else json.dumps(document)
+    stack.aws.client("ssm").put_parameter(
+        Name=stack.aws.audience_settings_parameter, Value=value, Type="String", Overwrite=True
+    )
+
+
+def sync(stack: Stack, *payloads: dict[str, Any]) -> None:
+    for payload in payloads:
+        status, body = answer(stack.invoke_ingest(signed(payload)))
+        assert status == 200, body
+    stack.poller().drain()
+
+
+def enter(mid: str, audience: str, user: str, **ids: str) -> dict[str, Any]:
+    return audience_event(mid, audience, True, email=ids.get("email"), madid=ids.get("madid"), user_id=user)
+
+
+def leave(mid: str, audience: str, user: str) -> dict[str, Any]:
+    event = audience_event(mid, audience, False, timestamp="2026-11-20T12:00:00Z", email=None, user_id=user)
+    return event
+
+
+# --- the document -----------------------------------------------------------------------------------------
+
+
+def test_an_empty_document_is_the_behaviour_without_one() -> None:
+    for document in ("", "{}", '{"defaults": {}, "audiences": {}}'):
+        assert parse(document).settings("cart") == AudienceSettings()
+
+
+def test_audiences_not_named_get_the_defaults_and_named_ones_override_them() -> None:
+    config = parse(
+        json.dumps(
+            {
+                "defaults": {"identifier_types": ["email"], "description": "From Engage"},
+                "audiences": {"vip": {"segment_id": "5567", "paused": True}, "cart": {"segment_name": "Carts"}},
+            }
+        )
+    )
+    assert config.settings("other") == AudienceSettings(
+        description="From Engage", identifier_types=frozenset({"email"})
+    )
+    assert config.settings("vip").segment_id == "5567" and config.settings("vip").paused
+    assert config.settings("vip").identifier_types == frozenset({"email"})
+    assert config.settings("cart").segment_name == "Carts" and not config.settings("cart").paused
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("{not json", "not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+        ("[]", "(document): must be an object"),
+        ('{"audience": {}}', "(document).audience: unknown setting (one of audiences, defaults)"),
+        ('{"audiences": {"cart": {"paused": "yes"}}}', "audiences.cart.paused: must be true or false"),
+        ('{"audiences": {"cart": {"identifier_types": ["mail"]}}}', "audiences.cart.identifier_types: must be"),
+        ('{"audiences": {"cart": {"segment_id": "abc"}}}', "audiences.cart.segment_id: must be a Criteo segment id"),
+        ('{"audiences": {"cart": {"segment_name": ""}}}', "audiences.cart.segment_name: must be a non-empty string"),
+        ('{"audiences": {"cart": {"pause": true}}}', "audiences.cart.pause: unknown setting"),
+        ('{"defaults": {"segment_id": "1"}}', "defaults.segment_id: unknown setting"),
+        ('{"audiences": {"a": {"segment_id": "1"}, "b": {"segment_id": "1"}}}', "two audiences name the same"),
+    ],
+)
+def test_a_bad_document_is_refused_with_the_path_of_the_bad_field(document: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse(document)
+    assert message in str(refused.value)
+
+
+# --- used by the sync, without a redeploy -------------------------------------------------------------------
+
+
+def test_segment_name_and_description_come_from_the_settings(stack: Stack) -> None:
+    configure(stack, {"audiences": {"cart": {"segment_name": "Cart abandoners", "description": "Engage carts"}}})
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    segments = stack.criteo.segments()
+    assert AUDIENCE_PREFIX + "cart" not in segments
+    assert segments["Cart abandoners"]["members"]["email"] == {sha("a@example.com")}
+    assert segments["Cart abandoners"]["description"].startswith("Engage carts [segment-criteo-sync deployment=")
+
+
+def test_an_existing_segment_id_is_populated_instead_of_one_found_or_created(stack: Stack) -> None:
+    existing = stack.criteo.add_foreign_segment("Made in Criteo", advertiser_id=stack.criteo.advertiser_id)
+    configure(stack, {"audiences": {"cart": {"segment_id": existing}}})
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    assert stack.criteo.segments()["Made in Criteo"]["members"]["email"] == {sha("a@example.com")}
+    assert (stack.criteo.count("create"), stack.criteo.count("search")) == (0, 0)
+
+
+def test_a_paused_audience_keeps_its_changes_and_sends_them_netted_when_resumed(stack: Stack) -> None:
+    configure(stack, {"audiences": {"cart": {"paused": True}}})
+    sync(
+        stack,
+        enter("m1", "cart", "u1", email="a@example.com"),
+        enter("m2", "cart", "u2", email="b@example.com"),
+        enter("m3", "other", "u3", email="c@example.com"),
+    )
+    sync(stack, leave("m4", "cart", "u2"))
+    assert stack.members("cart") == set() and stack.members("other") == {sha("c@example.com")}
+    assert outbox_waiting(stack.aws.client("dynamodb"), stack.aws.ledger_table) == 1
+    patches = stack.criteo.count("patch")
+    configure(stack, {})
+    assert stack.poller().scheduled() == 0
+    assert stack.members("cart") == {sha("a@example.com")}
+    # Netted to the last operation per identifier: a's add and b's remove (the outbox can't know b never got
+    # to Criteo), not b's add.
+    assert stack.criteo.count("patch") == patches + 2
+
+
+def test_identifier_types_per_audience_limit_the_adds_and_never_the_removes(stack: Stack) -> None:
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com", madid=MADID))
+    assert stack.members("cart", "madid") == {MADID}
+    configure(stack, {"audiences": {"cart": {"identifier_types": ["email"]}}})
+    sync(stack, enter("m2", "cart", "u2", email="b@example.com", madid="0e9c3b1a-1111-4222-8333-944445555666"))
+    assert stack.members("cart", "madid") == {MADID}  # the new madid is not sent
+    assert stack.members("cart") == {sha("a@example.com"), sha("b@example.com")}
+    sync(stack, leave("m3", "cart", "u1"))
+    assert stack.members("cart", "madid") == set()  # the madid sent before the setting is removed
+    assert stack.members("cart") == {sha("b@example.com")}
+
+
+def test_a_bad_document_keeps_the_last_good_one_and_says_where_it_is_wrong(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(stack, {"audiences": {"cart": {"segment_name": "Carts"}}})
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    configure(stack, '{"audiences": {"cart": {"segment_name": "Carts", "paused": "no"}}}')
+    with caplog.at_level(logging.ERROR):
+        sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
+    assert stack.criteo.segments()["Carts"]["members"]["email"] == {sha("a@example.com"), sha("b@example.com")}
+    reasons = [getattr(r, "reason", "") for r in caplog.records if "configuration refused" in r.getMessage()]
+    assert reasons and "audiences.cart.paused: must be true or false" in reasons[0]
+
+
+def test_a_configured_segment_id_that_does_not_exist_holds_the_changes_until_fixed(stack: Stack) -> None:
+    configure(stack, {"audiences": {"cart": {"segment_id": "999999"}}})
+    assert answer(stack.invoke_ingest(signed(enter("m1", "cart", "u1", email="a@example.com"))))[0] == 200
+    assert stack.poller().poll_once() == 1  # applied; its flush fails (404) and backs off
+    assert outbox_waiting(stack.aws.client("dynamodb"), stack.aws.ledger_table) == 1
+    assert stack.criteo.segments() == {}  # nothing created in its place
+    configure(stack, {})
+    stack.poller().scheduled()
+    assert stack.members("cart") == {sha("a@example.com")}
