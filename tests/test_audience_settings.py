@@ -99,6 +99,17 @@ def test_segment_name_and_description_come_from_the_settings(stack: Stack) -> No
     assert segments["Cart abandoners"]["description"].startswith("Engage carts [segment-criteo-sync deployment=")
 
 
+def test_a_new_segment_name_renames_the_segment_the_audience_is_sent_to(stack: Stack) -> None:
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    created = stack.criteo.segments()[AUDIENCE_PREFIX + "cart"]["id"]
+    configure(stack, {"audiences": {"cart": {"segment_name": "Carts"}}})
+    sync(stack, enter("m2", "cart", "u2", email="b@example.com"))  # renamed at the audience's next flush
+    segments = stack.criteo.segments()
+    assert AUDIENCE_PREFIX + "cart" not in segments and stack.criteo.count("create") == 1
+    assert segments["Carts"]["id"] == created
+    assert segments["Carts"]["members"]["email"] == {sha("a@example.com"), sha("b@example.com")}
+
+
 def test_an_existing_segment_id_is_populated_instead_of_one_found_or_created(stack: Stack) -> None:
     existing = stack.criteo.add_foreign_segment("Made in Criteo", advertiser_id=stack.criteo.advertiser_id)
     configure(stack, {"audiences": {"cart": {"segment_id": existing}}})

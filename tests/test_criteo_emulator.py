@@ -312,8 +312,8 @@ def test_update_sets_descriptions_and_reports_refused_items_per_spec(emu: Criteo
         refused = update(api, segment_id, description={"value": "x"})
         assert (refused.status_code, refused.json()["data"], error_code(refused)) == (200, [], code)
         assert response_problems(SEGMENTS, "patch", 200, refused.json()) == []
-    renamed = update(api, segment, name="other")
-    assert (renamed.status_code, emu.segments()["s"]["description"]) == (400, None)
+    unsupported = update(api, segment, prospecting={}, description={"value": "x"})
+    assert (unsupported.status_code, emu.segments()["s"]["description"]) == (400, None)
     assert emu.count("update") == 6 and emu.spec_violations == []
 
 
@@ -423,6 +423,16 @@ def test_down_latency_deprecation_and_token_faults(emu: CriteoEmulator, api: Api
     slow = search(api)
     assert slow.status_code == 200 and time.monotonic() - started >= 0.2
     assert slow.headers["Deprecation"] and slow.headers["Sunset"]
+
+
+def test_update_renames_a_segment_unless_another_has_the_name(emu: CriteoEmulator, api: Api) -> None:
+    first, second = new_segment(api, "first"), new_segment(api, "second")
+    renamed = update(api, first, name="renamed")
+    assert renamed.status_code == 200 and renamed.json()["data"][0]["attributes"]["name"] == "renamed"
+    taken = update(api, second, name="renamed")
+    assert taken.status_code == 200 and taken.json()["data"] == []
+    assert taken.json()["errors"][0]["code"] == "name-must-be-unique"
+    assert set(emu.segments()) == {"renamed", "second"}
 
 
 def test_a_stalled_patch_is_applied_before_its_answer_is_released(emu: CriteoEmulator, api: Api) -> None:

@@ -63,21 +63,26 @@ class AudienceApi:
         return {"data": [self._resource(s) for s in created if s], "errors": errors, "warnings": []}
 
     def update(self, body: dict[str, Any], instance: str) -> dict[str, Any]:
-        """Set the descriptions of the listed segments; unknown or foreign ones are named in `errors`."""
+        """Set the names and descriptions of the listed segments; unknown or foreign ones, and names another
+        segment has, are named in `errors`."""
         items = body.get("data") or []
         if not items:
             raise problem(400, "validation", "missing-segments", "data must list at least one segment", instance)
-        if any(set(item.get("attributes") or {}) - {"description"} for item in items):
-            detail = "the emulator only updates descriptions"
+        if any(set(item.get("attributes") or {}) - {"description", "name"} for item in items):
+            detail = "the emulator only updates names and descriptions"
             raise problem(400, "validation", "unsupported-segment-update", detail, instance)
         updated, errors = [], []
         for item in items:
+            attributes = item.get("attributes") or {}
             try:
                 segment = self.own_segment(str(item.get("id")), instance)
+                name = attributes.get("name")
+                if name is not None and not self.state.rename(segment, name):
+                    raise problem(400, "validation", "name-must-be-unique", f"a segment is named {name!r}", instance)
             except Reply as refusal:
                 errors.append(refusal.body["errors"][0])
                 continue
-            description = (item.get("attributes") or {}).get("description")
+            description = attributes.get("description")
             if description is not None:  # NillableString: {"value": null} or {} clears it
                 self.state.describe(segment, description.get("value"))
             updated.append(segment)

@@ -117,6 +117,16 @@ class AccountState:
             segment.description = description
             segment.updated_at = iso_timestamp(self.clock())
 
+    def rename(self, segment: Segment, name: str) -> bool:
+        """Rename, unless another of the advertiser's segments has the name; whether it was renamed."""
+        with self.lock:
+            other = self.find(segment.advertiser_id, name)
+            if other is not None and other is not segment:
+                return False
+            segment.name = name
+            segment.updated_at = iso_timestamp(self.clock())
+            return True
+
     def amend(self, segment: Segment, operation: str, identifier_type: str, identifiers: Iterable[str]) -> None:
         """Add or remove identifiers of one type."""
         with self.lock:

@@ -259,19 +259,28 @@ class Flusher:
         return self._settings(waiting).segment_name or self.options.name_prefix + waiting.audience_key
 
     def _segment_id(self, waiting: Waiting) -> str:
-        """The configured segment, or resolve (or create) it by name; search and create calls are charged to
-        the budget."""
+        """The configured segment; else the one the audience was last sent to, renamed if its name in the
+        settings changed; else resolve (or create) it by name. Criteo calls made here are charged to the budget."""
         settings = self._settings(waiting)
         if settings.segment_id:
             return settings.segment_id
+        name = self._segment_name(waiting)
         display = waiting.name or waiting.audience_key
         description = settings.description or f"Segment Engage audience {display} (synced by segment-criteo-sync)"
         with self._resolving:
             before = self.criteo.stats.total_calls
             try:
-                return self.directory.resolve(self._segment_name(waiting), description)
+                if waiting.segment_id and waiting.segment_name != name:
+                    self.criteo.update_segment(waiting.segment_id, name=name)
+                    self.directory.renamed(waiting.segment_name, name, waiting.segment_id)
+                    logger.info("renamed a Criteo segment", extra={"segment": name, "was": waiting.segment_name})
+                segment_id = self.directory.resolve(name, description)
             finally:
                 self.budget.charge(self.criteo.stats.total_calls - before)
+        if (segment_id, name) != (waiting.segment_id, waiting.segment_name):
+            self.outbox.remember_segment(waiting.audience_key, segment_id, name)
+            waiting.segment_id, waiting.segment_name = segment_id, name
+        return segment_id
 
 
 def _has_full(waiting: Waiting) -> bool:

@@ -9,9 +9,10 @@ Items in the ledger's table:
   sync invocations from interleaving the audience's changes, and `seq`, one more at every taking, which
   orders its entries; what is waiting: `first` (oldest change queued; absent: nothing waits), `last` (last
   append), `name` (Segment's display name), `n_<op>_<type>` (identifiers appended, an upper bound),
-  `fails` and `retry` (backoff after a failed call). Releasing the lease and counting an entry are one
-  write. The item never expires while something waits (`seq` must keep growing); idle, it expires after
-  an hour.
+  `fails` and `retry` (backoff after a failed call); `segment_id` and `segment_name`, the Criteo segment
+  the flusher last sent the audience to (a new name in the settings renames it). Releasing the lease and
+  counting an entry are one write. The item never expires while something waits (`seq` must keep
+  growing); idle, it expires after an hour.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Waiting:
     fails: int = 0
     retry: float = 0.0
     counters: tuple[str, ...] = ()  # every `n_` attribute of the item (zero ones too)
+    segment_id: str = ""  # the Criteo segment last sent to, and its name then
+    segment_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,11 @@ class Outbox(Table):
         self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero{adds}", values, names)
         return False
 
+    def remember_segment(self, audience_key: str, segment_id: str, segment_name: str) -> None:
+        """Note the Criteo segment the audience is sent to, under that name."""
+        values = {":i": {"S": segment_id}, ":n": {"S": segment_name}}
+        self._update_item(audience_key, "SET segment_id = :i, segment_name = :n", values)
+
     def failed(self, waiting: Waiting, retry_at: float) -> None:
         """Count a failed flush and when to try again."""
         values = {":f": {"N": str(waiting.fails + 1)}, ":r": {"N": f"{retry_at:.3f}"}}
@@ -312,6 +320,8 @@ def _waiting(item: Item) -> Waiting:
         fails=int(item.get("fails", {}).get("N", "0")),
         retry=float(item.get("retry", {}).get("N", "0")),
         counters=counters,
+        segment_id=item.get("segment_id", {}).get("S", ""),
+        segment_name=item.get("segment_name", {}).get("S", ""),
     )
 
 

@@ -148,9 +148,13 @@ class CriteoClient:
         )
         return _only_id(document)
 
-    def set_description(self, segment_id: str, description: str) -> None:
-        """Replace a segment's description."""
-        item = {"id": segment_id, "type": "AudienceSegment", "attributes": {"description": {"value": description}}}
+    def update_segment(self, segment_id: str, name: str | None = None, description: str | None = None) -> None:
+        """Rename a segment and/or replace its description (RejectedRequest `name-must-be-unique` if the name
+        is another segment's)."""
+        attributes: dict[str, Any] = {} if name is None else {"name": name}
+        if description is not None:
+            attributes["description"] = {"value": description}
+        item = {"id": segment_id, "type": "AudienceSegment", "attributes": attributes}
         _only_id(self._call("update", "PATCH", "/audience-segments", json={"data": [item]}))
 
     def patch_contact_list(

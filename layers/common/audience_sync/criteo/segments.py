@@ -66,6 +66,11 @@ class SegmentDirectory:
             self._adopt(self._others.pop(name))
         return self.cache[key]
 
+    def renamed(self, old: str, new: str, segment_id: str) -> None:
+        """A segment of ours was renamed: cache its id under the new name."""
+        self.cache.pop((self.advertiser_id, old), None)
+        self.cache[(self.advertiser_id, new)] = segment_id
+
     def forget(self, name: str) -> None:
         """Drop a cached id that Criteo no longer accepts, so the next resolve searches again."""
         self.cache.pop((self.advertiser_id, name), None)
@@ -86,7 +91,7 @@ class SegmentDirectory:
         previous = owner(found.description)
         if not {found.name, ANY} & self.adopt:
             raise SegmentOwnedElsewhere(found.name, previous)
-        self.client.set_description(found.id, self._marked(found.description))
+        self.client.update_segment(found.id, description=self._marked(found.description))
         self.cache[(self.advertiser_id, found.name)] = found.id
         logger.warning("adopted a Criteo segment", extra={"segment": found.name, "previous_owner": previous})
 
