@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from audience_sync.audience_config import AudienceSettings, ConfigError, parse
+from devtools.lambda_runtime import load_function
 from devtools.poller import outbox_waiting
 from tests.conftest import AUDIENCE_PREFIX, Stack
 from tests.segment_events import answer, audience_event, sha, signed
@@ -79,6 +80,9 @@ def test_audiences_not_named_get_the_defaults_and_named_ones_override_them() -> 
         ('{"audiences": {"cart": {"pause": true}}}', "audiences.cart.pause: unknown setting"),
         ('{"defaults": {"segment_id": "1"}}', "defaults.segment_id: unknown setting"),
         ('{"audiences": {"a": {"segment_id": "1"}, "b": {"segment_id": "1"}}}', "two audiences name the same"),
+        ('{"audiences": {"a": {"lookalike": {"target_size": 0}}}}', "audiences.a.lookalike.target_size: must be a"),
+        ('{"audiences": {"a": {"lookalike": {"size": 5}}}}', "audiences.a.lookalike.size: unknown setting"),
+        ('{"defaults": {"lookalike": {}}}', "defaults.lookalike: unknown setting"),
     ],
 )
 def test_a_bad_document_is_refused_with_the_path_of_the_bad_field(document: str, message: str) -> None:
@@ -172,3 +176,21 @@ def test_a_configured_segment_id_that_does_not_exist_holds_the_changes_until_fix
     configure(stack, {})
     stack.poller().scheduled()
     assert stack.members("cart") == {sha("a@example.com")}
+
+
+def test_a_lookalike_is_created_once_from_the_audience_segment_and_kept(stack: Stack) -> None:
+    configure(stack, {"audiences": {"cart": {"lookalike": {"target_size": 250000}}}})
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
+    segments = stack.criteo.segments()
+    lookalike = segments[AUDIENCE_PREFIX + "cart (lookalike)"]
+    assert (lookalike["type"], lookalike["seed"]) == ("Lookalike", segments[AUDIENCE_PREFIX + "cart"]["id"])
+    assert lookalike["target_size"] == 250000
+    # A new container (nothing cached) with the audience idle for hours (its outbox item expired) finds it again.
+    stack.aws.client("dynamodb").delete_item(
+        TableName=stack.aws.ledger_table, Key={"pk": {"S": "outbox"}, "sk": {"S": "cart"}}
+    )
+    stack.sync = load_function("sync", stack.aws.function_env(stack.criteo.url))
+    sync(stack, enter("m3", "cart", "u3", email="c@example.com"))
+    assert stack.criteo.count("create") == 2  # the contact list and its lookalike, once each
+    assert len(stack.criteo.segments()) == 2

@@ -85,7 +85,7 @@ def test_rate_limit_longer_than_the_time_left_hands_back(criteo: CriteoEmulator)
     api = client(criteo, seconds_left=0.2)
     criteo.faults.fail_next = [429]
     with pytest.raises(RetryLater):
-        list(api.search_contact_lists())
+        list(api.search_segments())
 
 
 def test_outage_gives_up_within_the_time_budget(criteo: CriteoEmulator) -> None:
@@ -93,22 +93,22 @@ def test_outage_gives_up_within_the_time_budget(criteo: CriteoEmulator) -> None:
     api = client(criteo, seconds_left=2.0)
     started = time.monotonic()
     with pytest.raises(RetryLater):
-        list(api.search_contact_lists())
+        list(api.search_segments())
     assert time.monotonic() - started < 3 and api.stats.retries >= 1
 
 
 def test_expired_token_is_refreshed_once(criteo: CriteoEmulator) -> None:
     api = client(criteo)
-    list(api.search_contact_lists())
+    list(api.search_segments())
     criteo.expire_tokens()
-    list(api.search_contact_lists())
+    list(api.search_segments())
     assert api.stats.calls["token"] == 2 and api.stats.token_refreshes == 1
 
 
 def test_invalid_client(criteo: CriteoEmulator) -> None:
     api = client(criteo, credentials=CriteoCredentials("x", "wrong", "12345"))
     with pytest.raises(InvalidCredentials) as error:
-        list(api.search_contact_lists())
+        list(api.search_segments())
     assert "wrong" not in str(error.value)
     assert "wrong" not in repr(api.credentials)
 
@@ -116,7 +116,7 @@ def test_invalid_client(criteo: CriteoEmulator) -> None:
 def test_deprecation_header_is_logged(criteo: CriteoEmulator, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     criteo.faults.deprecated = True
-    list(client(criteo).search_contact_lists())
+    list(client(criteo).search_segments())
     assert "deprecated" in caplog.text
 
 
@@ -124,13 +124,13 @@ def test_search_pages_through_every_segment(criteo: CriteoEmulator) -> None:
     for i in range(230):
         criteo.state.create(CREDENTIALS.advertiser_id, f"segment_{i}", "")
     api = client(criteo)
-    assert len({found.id for found in api.search_contact_lists()}) == 230
+    assert len({found.id for found in api.search_segments()}) == 230
     assert api.stats.calls["search"] == 3
 
 
 def test_token_expiring_again_within_one_call_is_transient_not_bad_credentials(criteo: CriteoEmulator) -> None:
     api = client(criteo)
-    list(api.search_contact_lists())
+    list(api.search_segments())
     criteo.faults.fail_next = [401, 401]  # expired, refreshed, expired again: e.g. a call slowed by backoffs
-    assert len(list(api.search_contact_lists())) == 0
+    assert len(list(api.search_segments())) == 0
     assert api.stats.token_refreshes == 2 and api.stats.retries == 1

@@ -435,6 +435,30 @@ def test_update_renames_a_segment_unless_another_has_the_name(emu: CriteoEmulato
     assert set(emu.segments()) == {"renamed", "second"}
 
 
+def test_lookalikes_are_created_from_our_contact_lists_and_searched_by_type(emu: CriteoEmulator, api: Api) -> None:
+    seed = new_segment(api, "seed")
+    body = {
+        "advertiserId": ADVERTISER,
+        "name": "seed (lookalike)",
+        "lookalike": {"seedSegmentId": seed, "targetSize": 9},
+    }
+    created = api("POST", SEGMENTS + "/create", json={"data": [{"type": "AudienceSegment", "attributes": body}]})
+    assert created.status_code == 200 and response_problems(SEGMENTS + "/create", "post", 200, created.json()) == []
+    lookalike = created.json()["data"][0]
+    assert lookalike["attributes"]["lookalike"] == {"seedSegmentId": seed, "targetSize": 9}
+    assert lookalike["attributes"]["type"] == "Lookalike"
+    for kind, expected in (("Lookalike", lookalike["id"]), ("ContactList", seed)):
+        filters = {"advertiserIds": [ADVERTISER], "audienceSegmentTypes": [kind]}
+        found = api("POST", f"{SEGMENTS}/search", json={"data": {"type": "AudienceSegment", "attributes": filters}})
+        assert [s["id"] for s in found.json()["data"]] == [expected]
+    assert emu.segments()["seed (lookalike)"]["seed"] == seed
+    for bad_seed in (lookalike["id"], emu.add_foreign_segment("theirs"), "424242"):
+        body = {"advertiserId": ADVERTISER, "name": f"of {bad_seed}", "lookalike": {"seedSegmentId": bad_seed}}
+        refused = api("POST", SEGMENTS + "/create", json={"data": [{"type": "AudienceSegment", "attributes": body}]})
+        assert (refused.status_code, error_code(refused)) == (400, "invalid-seed-segment")
+    assert emu.spec_violations == []
+
+
 def test_a_stalled_patch_is_applied_before_its_answer_is_released(emu: CriteoEmulator, api: Api) -> None:
     segment_id = new_segment(api)
     assert patch(api, segment_id, [SHA]).status_code == 200

@@ -33,7 +33,7 @@ class AudienceApi:
             for s in self.state.owned_by(self.advertiser_id)
             if (advertisers is None or s.advertiser_id in advertisers)
             and (ids is None or s.id in ids)
-            and (types is None or "ContactList" in types)
+            and (types is None or s.kind in types)
         ]
         return {
             "data": [self._resource(s) for s in found[offset : offset + limit]],
@@ -55,7 +55,13 @@ class AudienceApi:
             if first and not refusals_as_200:
                 raise first
             created = [
-                self.state.create(self.advertiser_id, a["name"], a.get("description"))
+                self.state.create(
+                    self.advertiser_id,
+                    a["name"],
+                    a.get("description"),
+                    (a.get("lookalike") or {}).get("seedSegmentId"),
+                    (a.get("lookalike") or {}).get("targetSize"),
+                )
                 for a, refusal in zip(wanted, refusals, strict=True)
                 if refusal is None
             ]
@@ -152,9 +158,15 @@ class AudienceApi:
         if attributes["advertiserId"] != self.advertiser_id:
             detail = f"advertiser {attributes['advertiserId']} is not accessible to this application"
             return problem(403, "access-control", "advertiser-not-accessible", detail, instance)
-        if "contactList" not in attributes or len(set(attributes) & _SEGMENT_KINDS) != 1:
-            detail = "the emulator only creates contact lists: give contactList and no other segment kind"
+        kinds = set(attributes) & _SEGMENT_KINDS
+        if kinds not in ({"contactList"}, {"lookalike"}):
+            detail = "the emulator creates contact lists and lookalikes: give one of contactList or lookalike"
             return problem(400, "validation", "invalid-segment-type", detail, instance)
+        if "lookalike" in attributes:
+            seed = self.state.segments.get(str(attributes["lookalike"]["seedSegmentId"]))
+            if seed is None or seed.advertiser_id != self.advertiser_id or seed.seed:
+                detail = "seedSegmentId must be one of the advertiser's contact lists"
+                return problem(400, "validation", "invalid-seed-segment", detail, instance)
         name = attributes["name"]
         if names.count(name) > 1 or self.state.find(self.advertiser_id, name):
             return problem(400, "validation", "name-must-be-unique", f"a segment is named {name!r}", instance)
@@ -162,13 +174,16 @@ class AudienceApi:
 
     @staticmethod
     def _resource(segment: Segment) -> dict[str, Any]:
-        attributes = {
+        attributes: dict[str, Any] = {
             "name": segment.name,
             "advertiserId": segment.advertiser_id,
-            "type": "ContactList",
+            "type": segment.kind,
             "description": segment.description,
             "createdAt": segment.created_at,
             "updatedAt": segment.updated_at,
-            "contactList": {"isReadOnly": False},
         }
+        if segment.seed:
+            attributes["lookalike"] = {"seedSegmentId": segment.seed, "targetSize": segment.target_size}
+        else:
+            attributes["contactList"] = {"isReadOnly": False}
         return {"id": segment.id, "type": "AudienceSegment", "attributes": attributes}

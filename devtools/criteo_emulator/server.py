@@ -190,13 +190,16 @@ class CriteoEmulator:
             return sum(1 for method, label, _ in self.calls if (method, label) == CALL_KINDS[kind])
 
     def segments(self) -> dict[str, dict[str, Any]]:
-        """Our advertiser's segments: name -> id, description and members per identifier type (copies)."""
+        """Our advertiser's segments: name -> id, type, description, members per identifier type (copies), and
+        a lookalike's seed and target size."""
         with self.state.lock:
             return {
                 s.name: {
                     "id": s.id,
+                    "type": s.kind,
                     "description": s.description,
                     "members": {kind: set(values) for kind, values in s.members.items()},
+                    **({"seed": s.seed, "target_size": s.target_size} if s.seed else {}),
                 }
                 for s in self.state.owned_by(self.advertiser_id)
             }

@@ -26,7 +26,8 @@ def iso_timestamp(unix_seconds: float) -> str:
 
 @dataclass
 class Segment:
-    """One contact-list audience segment; `members` maps identifier type to the identifiers as sent."""
+    """One audience segment: a contact list (`members` maps identifier type to the identifiers as sent) or, with a
+    `seed` contact list, a lookalike."""
 
     id: str
     name: str
@@ -35,6 +36,13 @@ class Segment:
     created_at: str
     updated_at: str
     members: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in IDENTIFIER_TYPES})
+    seed: str | None = None
+    target_size: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """Its type as the API names it."""
+        return "Lookalike" if self.seed else "ContactList"
 
 
 @dataclass(frozen=True)
@@ -88,13 +96,21 @@ class AccountState:
         with self.lock:
             return next((s for s in self.segments.values() if (s.advertiser_id, s.name) == (advertiser_id, name)), None)
 
-    def create(self, advertiser_id: str, name: str, description: str | None) -> Segment | None:
-        """A new segment, or None when the advertiser already has one with that name."""
+    def create(
+        self,
+        advertiser_id: str,
+        name: str,
+        description: str | None,
+        seed: str | None = None,
+        target_size: int | None = None,
+    ) -> Segment | None:
+        """A new segment (a lookalike of `seed`), or None when the advertiser already has one with that name."""
         with self.lock:
             if self.find(advertiser_id, name):
                 return None
             now = iso_timestamp(self.clock())
             segment = Segment(str(next(self._ids)), name, advertiser_id, description, now, now)
+            segment.seed, segment.target_size = seed, target_size
             self.segments[segment.id] = segment
             return segment
 

@@ -3,7 +3,7 @@
     {"defaults": {"identifier_types": ["email", "madid"]},
      "audiences": {"cart_abandoners": {"segment_name": "Cart abandoners", "description": "From Engage",
                                        "identifier_types": ["email"], "paused": false},
-                   "vip": {"segment_id": "5567"}}}
+                   "vip": {"segment_id": "5567", "lookalike": {"target_size": 500000}}}}
 
 An audience not named gets the defaults; an empty document (or none) is the deployment's behaviour without one.
 A document that does not validate is a configuration error naming the path of the bad field; the last good
@@ -22,12 +22,21 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from audience_sync.identifiers import IDENTIFIER_TYPES
 from audience_sync.observability import logger
 
-_SETTINGS = {"segment_name", "description", "segment_id", "identifier_types", "paused"}
+_SETTINGS = {"segment_name", "description", "segment_id", "identifier_types", "paused", "lookalike"}
+_PER_AUDIENCE = {"segment_name", "segment_id", "lookalike"}
 MAX_NAME_LENGTH = 255
 
 
 class ConfigError(ValueError):
     """The document is not valid; the message names the path of the first bad field."""
+
+
+@dataclass(frozen=True)
+class Lookalike:
+    """A Criteo lookalike segment seeded from the audience's contact list, created once and kept."""
+
+    segment_name: str | None = None  # default: the contact list's name + " (lookalike)"
+    target_size: int | None = None  # Criteo's `targetSize`; None: Criteo's default
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class AudienceSettings:
     segment_id: str | None = None  # an existing Criteo segment to populate instead of one found or created by name
     identifier_types: frozenset[str] | None = None  # the types added to Criteo (removes always go)
     paused: bool = False  # changes are kept in the ledger and the outbox, and sent when resumed
+    lookalike: Lookalike | None = None
 
 
 @dataclass(frozen=True)
@@ -81,14 +91,9 @@ def _object(value: Any, path: str, allowed: set[str] | None) -> dict[str, Any]:
 
 
 def _settings(value: Any, path: str, base: AudienceSettings, allow_segment: bool) -> AudienceSettings:
-    given = _object(value, path, _SETTINGS if allow_segment else _SETTINGS - {"segment_name", "segment_id"})
-    changes: dict[str, Any] = {}
-    for name in ("segment_name", "description", "segment_id"):
-        if name in given:
-            text = given[name]
-            if not isinstance(text, str) or not text.strip() or len(text) > MAX_NAME_LENGTH:
-                raise ConfigError(f"{path}.{name}: must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
-            changes[name] = text.strip()
+    given = _object(value, path, _SETTINGS if allow_segment else _SETTINGS - _PER_AUDIENCE)
+    texts = [name for name in ("segment_name", "description", "segment_id") if name in given]
+    changes: dict[str, Any] = {name: _text(given[name], f"{path}.{name}") for name in texts}
     if "segment_id" in changes and not changes["segment_id"].isdigit():
         raise ConfigError(f"{path}.segment_id: must be a Criteo segment id (digits)")
     if "identifier_types" in given:
@@ -100,7 +105,24 @@ def _settings(value: Any, path: str, base: AudienceSettings, allow_segment: bool
         if not isinstance(given["paused"], bool):
             raise ConfigError(f"{path}.paused: must be true or false")
         changes["paused"] = given["paused"]
+    if "lookalike" in given:
+        changes["lookalike"] = _lookalike(given["lookalike"], f"{path}.lookalike")
     return replace(base, **changes)
+
+
+def _text(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{path}: must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+    return value.strip()
+
+
+def _lookalike(value: Any, path: str) -> Lookalike:
+    given = _object(value, path, {"segment_name", "target_size"})
+    size = given.get("target_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ConfigError(f"{path}.target_size: must be a positive whole number")
+    name = _text(given["segment_name"], f"{path}.segment_name") if "segment_name" in given else None
+    return Lookalike(name, size)
 
 
 class ConfigSource:

@@ -199,6 +199,7 @@ class Flusher:
             return sent, False
         try:
             segment_id = self._segment_id(waiting)
+            self._lookalike(waiting, segment_id, report)
             for plan in plans:
                 if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
                     break
@@ -278,9 +279,32 @@ class Flusher:
             finally:
                 self.budget.charge(self.criteo.stats.total_calls - before)
         if (segment_id, name) != (waiting.segment_id, waiting.segment_name):
-            self.outbox.remember_segment(waiting.audience_key, segment_id, name)
+            self.outbox.remember(waiting.audience_key, {"segment_id": segment_id, "segment_name": name})
             waiting.segment_id, waiting.segment_name = segment_id, name
         return segment_id
+
+    def _lookalike(self, waiting: Waiting, seed_id: str, report: FlushReport) -> None:
+        """Create the audience's lookalike segment once, if its settings ask for one (a failure is tried again
+        at its next flush and does not hold back its changes)."""
+        wanted = self._settings(waiting).lookalike
+        if wanted is None or waiting.lookalike_id:
+            return
+        name = wanted.segment_name or f"{self._segment_name(waiting)} (lookalike)"
+        description = f"Lookalike of Segment Engage audience {waiting.name or waiting.audience_key}"
+        try:
+            with self._resolving:
+                before = self.criteo.stats.total_calls
+                try:
+                    lookalike_id = self.directory.lookalike(seed_id, name, description, wanted.target_size)
+                finally:
+                    self.budget.charge(self.criteo.stats.total_calls - before)
+        except CriteoError as error:
+            report.counts["lookalike_failures"] += 1
+            logger.warning("lookalike segment not created; tried again next time", extra={"reason": str(error)})
+            return
+        self.outbox.remember(waiting.audience_key, {"lookalike_id": lookalike_id})
+        waiting.lookalike_id = lookalike_id
+        logger.info("lookalike segment ready", extra={"segment": name, "lookalike_id": lookalike_id})
 
 
 def _has_full(waiting: Waiting) -> bool:

@@ -77,6 +77,7 @@ SYNC_METRICS = frozenset(
         "outbox_paused_audiences",
         "identifiers_not_sent_by_setting",
         "audience_config_refused",
+        "lookalike_failures",
         "segment_ownership_conflicts",
         "criteo_credentials_errors",
     }

@@ -10,9 +10,9 @@ Items in the ledger's table:
   orders its entries; what is waiting: `first` (oldest change queued; absent: nothing waits), `last` (last
   append), `name` (Segment's display name), `n_<op>_<type>` (identifiers appended, an upper bound),
   `fails` and `retry` (backoff after a failed call); `segment_id` and `segment_name`, the Criteo segment
-  the flusher last sent the audience to (a new name in the settings renames it). Releasing the lease and
-  counting an entry are one write. The item never expires while something waits (`seq` must keep
-  growing); idle, it expires after an hour.
+  the flusher last sent the audience to (a new name in the settings renames it), and `lookalike_id`.
+  Releasing the lease and counting an entry are one write. The item never expires while something waits
+  (`seq` must keep growing); idle, it expires after an hour.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Waiting:
     counters: tuple[str, ...] = ()  # every `n_` attribute of the item (zero ones too)
     segment_id: str = ""  # the Criteo segment last sent to, and its name then
     segment_name: str = ""
+    lookalike_id: str = ""  # the lookalike segment seeded from it, once created
 
 
 @dataclass(frozen=True)
@@ -271,10 +272,12 @@ class Outbox(Table):
         self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero{adds}", values, names)
         return False
 
-    def remember_segment(self, audience_key: str, segment_id: str, segment_name: str) -> None:
-        """Note the Criteo segment the audience is sent to, under that name."""
-        values = {":i": {"S": segment_id}, ":n": {"S": segment_name}}
-        self._update_item(audience_key, "SET segment_id = :i, segment_name = :n", values)
+    def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
+        """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`)."""
+        names = {f"#{i}": name for i, name in enumerate(attributes)}
+        values = {f":{i}": {"S": value} for i, value in enumerate(attributes.values())}
+        expression = "SET " + ", ".join(f"#{i} = :{i}" for i in range(len(attributes)))
+        self._update_item(audience_key, expression, values, names)
 
     def failed(self, waiting: Waiting, retry_at: float) -> None:
         """Count a failed flush and when to try again."""
@@ -322,6 +325,7 @@ def _waiting(item: Item) -> Waiting:
         counters=counters,
         segment_id=item.get("segment_id", {}).get("S", ""),
         segment_name=item.get("segment_name", {}).get("S", ""),
+        lookalike_id=item.get("lookalike_id", {}).get("S", ""),
     )
 
 

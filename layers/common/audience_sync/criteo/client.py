@@ -71,11 +71,12 @@ def _only_id(document: dict[str, Any]) -> str:
 
 
 class FoundSegment(NamedTuple):
-    """A contact-list segment as search lists it."""
+    """A segment as search lists it (a lookalike with its seed segment's id)."""
 
     id: str
     name: str
     description: str
+    seed: str = ""
 
 
 class CriteoClient:
@@ -102,15 +103,12 @@ class CriteoClient:
 
     # --- the operations -------------------------------------------------------------------------
 
-    def search_contact_lists(self) -> Iterator[FoundSegment]:
-        """Yield every contact-list segment of the advertiser, page by page."""
+    def search_segments(self, kind: str = "ContactList") -> Iterator[FoundSegment]:
+        """Yield every segment of one type (`ContactList`, `Lookalike`) of the advertiser, page by page."""
         body = {
             "data": {
                 "type": "AudienceSegment",
-                "attributes": {
-                    "advertiserIds": [self.credentials.advertiser_id],
-                    "audienceSegmentTypes": ["ContactList"],
-                },
+                "attributes": {"advertiserIds": [self.credentials.advertiser_id], "audienceSegmentTypes": [kind]},
             }
         }
         offset = 0
@@ -126,7 +124,8 @@ class CriteoClient:
             for item in items:
                 attributes = item.get("attributes") or {}
                 name, description = str(attributes.get("name") or ""), str(attributes.get("description") or "")
-                yield FoundSegment(str(item["id"]), name, description)
+                seed = str((attributes.get("lookalike") or {}).get("seedSegmentId") or "")
+                yield FoundSegment(str(item["id"]), name, description, seed)
             offset += len(items)
             total = (page.get("meta") or {}).get("totalItems")
             if not items or (isinstance(total, int) and offset >= total):
@@ -134,12 +133,17 @@ class CriteoClient:
 
     def create_contact_list(self, name: str, description: str) -> str:
         """Create a contact-list segment; returns its id."""
-        attributes = {
-            "advertiserId": self.credentials.advertiser_id,
-            "name": name,
-            "description": description,
-            "contactList": {},
-        }
+        return self._create({"name": name, "description": description, "contactList": {}})
+
+    def create_lookalike(self, name: str, description: str, seed_segment_id: str, target_size: int | None) -> str:
+        """Create a lookalike segment seeded from one of our contact lists; returns its id."""
+        lookalike: dict[str, Any] = {"seedSegmentId": seed_segment_id}
+        if target_size is not None:
+            lookalike["targetSize"] = target_size
+        return self._create({"name": name, "description": description, "lookalike": lookalike})
+
+    def _create(self, segment: dict[str, Any]) -> str:
+        attributes = {"advertiserId": self.credentials.advertiser_id, **segment}
         document = self._call(
             "create",
             "POST",

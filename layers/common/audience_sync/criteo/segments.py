@@ -18,6 +18,7 @@ _DEPLOYMENT = re.compile(r"[^\s\[\]]+")
 
 # Module level on purpose: a warm container searches once per advertiser, not once per batch.
 SEGMENT_IDS: dict[tuple[str, str], str] = {}
+LOOKALIKE_IDS: dict[tuple[str, str], str] = {}  # (advertiser, seed segment id) -> lookalike segment id
 
 
 def owner(description: str) -> str | None:
@@ -71,6 +72,26 @@ class SegmentDirectory:
         self.cache.pop((self.advertiser_id, old), None)
         self.cache[(self.advertiser_id, new)] = segment_id
 
+    def lookalike(self, seed_id: str, name: str, description: str, target_size: int | None) -> str:
+        """The lookalike segment seeded from our segment `seed_id`: cached, else found by its seed (one search
+        per container), else created."""
+        key = (self.advertiser_id, seed_id)
+        if key not in LOOKALIKE_IDS:
+            self._search_lookalikes()
+        if key not in LOOKALIKE_IDS:
+            try:
+                LOOKALIKE_IDS[key] = self.client.create_lookalike(name, self._marked(description), seed_id, target_size)
+            except NameNotUnique:
+                self._search_lookalikes()
+                if key not in LOOKALIKE_IDS:
+                    raise
+        return LOOKALIKE_IDS[key]
+
+    def _search_lookalikes(self) -> None:
+        for found in self.client.search_segments("Lookalike"):
+            if found.seed and owner(found.description) == self.deployment:
+                LOOKALIKE_IDS[(self.advertiser_id, found.seed)] = found.id
+
     def forget(self, name: str) -> None:
         """Drop a cached id that Criteo no longer accepts, so the next resolve searches again."""
         self.cache.pop((self.advertiser_id, name), None)
@@ -78,7 +99,7 @@ class SegmentDirectory:
 
     def _search(self) -> None:
         self._others = {}
-        for found in self.client.search_contact_lists():
+        for found in self.client.search_segments():
             key = (self.advertiser_id, found.name)
             if owner(found.description) == self.deployment:
                 self.cache[key] = found.id
