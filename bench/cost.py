@@ -90,9 +90,19 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
 
 def run(results: dict[str, Any]) -> dict[str, Any]:
     """The model fed with this run's ingest and sync-core throughput and the counts of the largest burst
-    stream up to 1M changes (20 audiences when there is one)."""
+    stream up to 1M changes (20 audiences when there is one); `by_stream`: the total on every stream of
+    100k changes or more."""
     ingest = max(row["events_per_second"] for row in results["ingest"])
     sync = min(row["records_per_second"] for row in results["sync_core"])
     bursts = [row for row in results["criteo_calls"] if row["mode"] == "burst" and row["changes"] <= CHANGES]
     stream = max(bursts, key=lambda row: (row["changes"], row["audiences"] == 20))
-    return model(ingest, sync, stream)
+    by_stream = [
+        {
+            "stream": row["stream"],
+            "mode": row["mode"],
+            "total_dollars_per_million_changes": model(ingest, sync, row)["total_dollars_per_million_changes"],
+        }
+        for row in results["criteo_calls"]
+        if row["changes"] >= 100_000
+    ]
+    return {**model(ingest, sync, stream), "by_stream": by_stream}
