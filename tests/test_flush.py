@@ -425,13 +425,13 @@ def test_flush_makes_no_more_patches_than_the_budget_holds(aws_stack: Stack) -> 
     # The segments exist already (an earlier flush made them): every call of the tick below is a PATCH.
     for n, audience in enumerate(audiences):
         outbox.append(audience, 1, removes({email(900 + n)}), audience, queued=clock())
-    new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), clock, tokens).tick()
+    # One worker throughout: moto does not make concurrent conditional writes atomic as DynamoDB does.
+    new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), clock, tokens, workers=1).tick()
     assert outbox.waiting() == [] and criteo.count("patch") == 5
     calls_before = len(criteo.calls)
     for n, audience in enumerate(audiences):
         outbox.append(audience, 2, adds(emails(10 * n, 10 * n + 3)), audience, queued=clock())
     limited = FlushPolicy(interval_seconds=0, calls_per_minute=60)  # 1 call a second, 3 at once
-    # One worker: moto does not make concurrent conditional writes atomic as DynamoDB does.
     report = new_flusher(aws_stack, limited, clock, tokens, workers=1).tick()
     assert len(criteo.calls) - calls_before == 3 and criteo.count("patch") == 5 + 3  # PATCHes only
     assert report.counts["patches"] == 3 and report.counts["budget_waits"] >= 1

@@ -133,6 +133,14 @@ def _counter(group: Group) -> str:
     return f"n_{group[0]}_{group[1]}"
 
 
+def _counting(counts: dict[Group, int]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The `ADD` clause (empty without counts), names and values that add `counts` to the summary's counters."""
+    names = {f"#n{i}": _counter(group) for i, group in enumerate(counts)}
+    values: dict[str, Any] = {f":n{i}": {"N": str(n)} for i, n in enumerate(counts.values())}
+    clause = ("ADD " + ", ".join(f"#n{i} :n{i}" for i in range(len(counts)))) if counts else ""
+    return clause, names, values
+
+
 class Outbox(Table):
     """The outbox items of the table, and the audiences' leases."""
 
@@ -186,12 +194,11 @@ class Outbox(Table):
                         audience_key, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me"
                     )
             return
-        counters = {f"#{i}": _counter(group) for i, group in enumerate(added.counts)}
-        values.update({f":{i}": {"N": str(n)} for i, n in enumerate(added.counts.values())})
-        values.update({":q": {"N": f"{added.queued:.3f}"}, ":name": {"S": added.name}})
-        names.update({"#last": "last", "#name": "name", **counters})
+        adds, counter_names, counter_values = _counting(added.counts)
+        values.update({":q": {"N": f"{added.queued:.3f}"}, ":name": {"S": added.name}, **counter_values})
+        names.update({"#last": "last", "#name": "name", **counter_names})
         summary = "#first = if_not_exists(#first, :q), #last = :now, #name = :name"
-        adds = "ADD " + ", ".join(f"{name} {name.replace('#', ':')}" for name in counters) + " REMOVE #t"
+        adds += " REMOVE #t"
         released = f"SET expires = :zero, synced = :now, {summary} {adds}"
         if self._update_item(audience_key, released, values, names, "#o = :me") is None:  # the lease was lost
             del values[":me"], values[":zero"], names["#o"]
@@ -258,18 +265,15 @@ class Outbox(Table):
                 return True
         carry_counts = outcome.carry.counts() if outcome.carry else {}
         groups = set(carry_counts) | set(outcome.counts_before)
-        names = {f"#{i}": _counter(group) for i, group in enumerate(groups)}
-        values: dict[str, Any] = {
-            f":{i}": {"N": str(carry_counts.get(group, 0) - outcome.counts_before.get(group, 0))}
-            for i, group in enumerate(groups)
-        }
+        adds, names, values = _counting(
+            {group: carry_counts.get(group, 0) - outcome.counts_before.get(group, 0) for group in groups}
+        )
         # The oldest change still waiting: the carry's; else (approximately) the first left unread; else one
         # appended during this flush, queued no later than now.
         oldest = queued if outcome.carry else outcome.read[-1].queued if not outcome.complete else self.clock()
         values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}})
-        adds = (" ADD " + ", ".join(f"#{i} :{i}" for i in range(len(groups)))) if groups else ""
         names["#first"] = "first"
-        self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero{adds}", values, names)
+        self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero {adds}", values, names)
         return False
 
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
