@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -268,20 +269,26 @@ class Flusher:
         name = self._segment_name(waiting)
         display = waiting.name or waiting.audience_key
         description = settings.description or f"Segment Engage audience {display} (synced by segment-criteo-sync)"
-        with self._resolving:
-            before = self.criteo.stats.total_calls
-            try:
-                if waiting.segment_id and waiting.segment_name != name:
-                    self.criteo.update_segment(waiting.segment_id, name=name)
-                    self.directory.renamed(waiting.segment_name, name, waiting.segment_id)
-                    logger.info("renamed a Criteo segment", extra={"segment": name, "was": waiting.segment_name})
-                segment_id = self.directory.resolve(name, description)
-            finally:
-                self.budget.charge(self.criteo.stats.total_calls - before)
+        with self._charged():
+            if waiting.segment_id and waiting.segment_name != name:
+                self.criteo.update_segment(waiting.segment_id, name=name)
+                self.directory.renamed(waiting.segment_name, name, waiting.segment_id)
+                logger.info("renamed a Criteo segment", extra={"segment": name, "was": waiting.segment_name})
+            segment_id = self.directory.resolve(name, description)
         if (segment_id, name) != (waiting.segment_id, waiting.segment_name):
             self.outbox.remember(waiting.audience_key, {"segment_id": segment_id, "segment_name": name})
             waiting.segment_id, waiting.segment_name = segment_id, name
         return segment_id
+
+    @contextmanager
+    def _charged(self) -> Iterator[None]:
+        """Segment look-ups, one at a time, their Criteo calls charged to the budget once made."""
+        with self._resolving:
+            before = self.criteo.stats.total_calls
+            try:
+                yield
+            finally:
+                self.budget.charge(self.criteo.stats.total_calls - before)
 
     def _lookalike(self, waiting: Waiting, seed_id: str, report: FlushReport) -> None:
         """Create the audience's lookalike segment once, if its settings ask for one (a failure is tried again
@@ -292,12 +299,8 @@ class Flusher:
         name = wanted.segment_name or f"{self._segment_name(waiting)} (lookalike)"
         description = f"Lookalike of Segment Engage audience {waiting.name or waiting.audience_key}"
         try:
-            with self._resolving:
-                before = self.criteo.stats.total_calls
-                try:
-                    lookalike_id = self.directory.lookalike(seed_id, name, description, wanted.target_size)
-                finally:
-                    self.budget.charge(self.criteo.stats.total_calls - before)
+            with self._charged():
+                lookalike_id = self.directory.lookalike(seed_id, name, description, wanted.target_size)
         except CriteoError as error:
             report.counts["lookalike_failures"] += 1
             logger.warning("lookalike segment not created; tried again next time", extra={"reason": str(error)})

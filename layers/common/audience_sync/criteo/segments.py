@@ -50,6 +50,7 @@ class SegmentDirectory:
         self.advertiser_id = client.credentials.advertiser_id
         self._others: dict[str, FoundSegment] = {}  # found by the last search, not ours
         self._searched = False
+        self._lookalikes_searched = False
 
     def resolve(self, name: str, description: str) -> str:
         """The segment id for `name`: cache, then one search pass per invocation, then create (or adopt)."""
@@ -74,9 +75,9 @@ class SegmentDirectory:
 
     def lookalike(self, seed_id: str, name: str, description: str, target_size: int | None) -> str:
         """The lookalike segment seeded from our segment `seed_id`: cached, else found by its seed (one search
-        per container), else created."""
+        pass per invocation, like `resolve`), else created."""
         key = (self.advertiser_id, seed_id)
-        if key not in LOOKALIKE_IDS:
+        if key not in LOOKALIKE_IDS and not self._lookalikes_searched:
             self._search_lookalikes()
         if key not in LOOKALIKE_IDS:
             try:
@@ -91,6 +92,7 @@ class SegmentDirectory:
         for found in self.client.search_segments("Lookalike"):
             if found.seed and owner(found.description) == self.deployment:
                 LOOKALIKE_IDS[(self.advertiser_id, found.seed)] = found.id
+        self._lookalikes_searched = True
 
     def forget(self, name: str) -> None:
         """Drop a cached id that Criteo no longer accepts, so the next resolve searches again."""
