@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import requests
 
+from audience_sync.advertisers import Advertisers
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
@@ -123,7 +124,8 @@ def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> 
     options = SyncOptions()
     sync = AudienceSync(ledger, outbox, dead_letters, options, lambda: 300.0)
     policy = FlushPolicy(interval_seconds=INTERVAL_SECONDS, calls_per_minute=BUDGET_PER_MINUTE)
-    flusher = Flusher(criteo, outbox, budget, dead_letters, options, policy, lambda: 300.0, workers=1)
+    advertisers = Advertisers(lambda name: criteo, lambda client_id, rate: budget, options.deployment, frozenset())
+    flusher = Flusher(advertisers, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
     windows = WindowMinimum(INTERVAL_SECONDS, BUDGET_PER_MINUTE)
     whole = WindowMinimum(math.inf, BUDGET_PER_MINUTE)
     run = Run()

@@ -35,6 +35,7 @@ from devtools.chaos_events import (
     expected_members,
     generate,
     members_in,
+    rules_for,
     single_batch_patches,
 )
 from devtools.local_aws import DEV_CRITEO, DEV_WEBHOOK_SECRET
@@ -220,9 +221,10 @@ def criteo_calls(stack: LocalStack) -> dict[str, Counter[int]]:
 def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
     """The soak; (passed, figures)."""
     stream = generate(settings.events, settings.audiences, settings.seed, settings.duplicate_share)
-    expected = expected_members(stream.events)
+    rules = rules_for(settings.audiences)
+    expected = expected_members(stream.events, rules=rules)
     granted = consent_granted(stream.events)
-    members = members_in(stream.events)
+    members = members_in(stream.events, rules)
     timeout = settings.function_timeout
     stack_settings = StackSettings(
         gateway_port=0,
@@ -244,6 +246,13 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
     # are printed) goes to a file from before the stack starts: it would bury the figures, and it is scanned.
     with workdir as tmp, (Path(tmp) / "ingest.log").open("w") as ingest_log:
         with contextlib.redirect_stdout(ingest_log), LocalStack(stack_settings) as stack:
+            # A few suppression and lifecycle rules, as an operator writes them (docs/audience-settings.md).
+            stack.aws.client("ssm").put_parameter(
+                Name=stack.aws.audience_settings_parameter,
+                Value=json.dumps({"rules": rules}),
+                Type="String",
+                Overwrite=True,
+            )
             stack.criteo.faults.update(
                 {
                     "error_rate": settings.error_rate,
@@ -329,7 +338,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
             "search": len(workers.started),
             "create": sum(1 for by_type in expected.values() if any(by_type.values())),
             "patch_as_delivered": sum(b["min_patches"] for b in starts),
-            "patch_single_batch": single_batch_patches(stream.events),
+            "patch_single_batch": single_batch_patches(stream.events, rules=rules),
         },
         "audiences": rows,
         "batches": batches,
@@ -382,7 +391,9 @@ def print_figures(figures: dict[str, Any]) -> None:
         f" adTrackingEnabled false, {kinds['identify']:,} identify form; consent: {kinds['consent_grant']:,} grants"
         f" (+{kinds['consent_grant_on_event']:,} on a first audience event), {kinds['consent_denied']:,} refusals,"
         f" {kinds['consent_withdrawal']:,} withdrawals, {kinds['consent_regrant']:,} re-grants,"
-        f" {kinds['consent_carried']:,} audience events carrying the current preferences"
+        f" {kinds['consent_carried']:,} audience events carrying the current preferences; rules:"
+        f" {kinds['rule_suppression']:,} suppressions with a cool-down, {kinds['rule_suppression_everywhere']:,}"
+        f" from every audience, {kinds['rule_lifecycle']:,} lifecycle moves"
     )
     print(
         f"Ingest: {ingest['requests']} requests ({ingest['retried_5xx']} retried after 5xx),"

@@ -14,6 +14,10 @@ applies the rules below with plain code; it never imports the pipeline (audience
   `adTrackingEnabled: false` carries madid with no value.
 - Consent (per user, every audience): the newest event with `context.consent.categoryPreferences`
   decides; granted iff every required category is true. No such event: not granted.
+- Rules (`rules_for`, the settings document the soak configures): an ordinary track event named by a rule
+  is an exit from each `remove_from` audience (`*`: every audience any event names) and an enter to
+  `add_to`, at the event's version. With `cool_down_hours`, an enter to those audiences counts only if the
+  newest enter is dated at least that long after the event.
 - Criteo form: email sha256(trim + lowercase); phoneNumber sha256(digits only, no '+'); madid
   lowercase; identityLink as is.
 """
@@ -62,10 +66,25 @@ KINDS = (
     "consent_withdrawal",
     "consent_regrant",
     "consent_carried",
+    "rule_suppression",
+    "rule_suppression_everywhere",
+    "rule_lifecycle",
 )
+RULE_KINDS = {"Order Completed": "rule_suppression", "Subscription Started": "rule_suppression_everywhere"}
 
 Version = tuple[int, str]
 Payload = Mapping[str, Any]
+
+
+def rules_for(audiences: int) -> list[dict[str, Any]]:
+    """The rules the soak puts in the settings document (none below three audiences)."""
+    if audiences < 3:
+        return []
+    return [
+        {"event": "Order Completed", "remove_from": ["chaos_audience_00"], "cool_down_hours": 1},
+        {"event": "Subscription Started", "remove_from": "*", "cool_down_hours": 0.5},
+        {"event": "Trial Started", "add_to": "chaos_audience_01", "remove_from": ["chaos_audience_02"]},
+    ]
 
 
 # ---------------------------------------------------------------- the truth (reads payloads only)
@@ -151,23 +170,41 @@ def _bodies(events: Iterable[ChaosEvent | Payload]) -> list[Payload]:
     return [event.payload() if isinstance(event, ChaosEvent) else event for event in events]
 
 
-def members_in(events: Iterable[ChaosEvent | Payload]) -> dict[tuple[str, str], dict[str, set[str]]]:
+def members_in(
+    events: Iterable[ChaosEvent | Payload], rules: Iterable[Mapping[str, Any]] = ()
+) -> dict[tuple[str, str], dict[str, set[str]]]:
     """(audience, user) -> identifier type -> Criteo identifiers, for the users IN each audience."""
+    bodies = _bodies(events)
+    by_event = {rule["event"]: rule for rule in rules}
+    named = {change[0] for body in bodies if (change := audience_change(body))}
+    named |= {rule["add_to"] for rule in by_event.values() if "add_to" in rule}
     enters: dict[tuple[str, str], list[Payload]] = {}
     newest_exit: dict[tuple[str, str], Version] = {}
-    for body in _bodies(events):
-        change, user = audience_change(body), user_key(body)
-        if change is None or user is None:
+    hold_until: dict[tuple[str, str], int] = {}
+    for body in bodies:
+        user = user_key(body)
+        change = audience_change(body)
+        rule = by_event.get(body.get("event")) if body.get("type") == "track" else None
+        if user is None or (change is None and rule is None):
             continue
-        pair = (change[0], user)
-        if change[1]:
-            enters.setdefault(pair, []).append(body)
-        elif pair not in newest_exit or version(body) > newest_exit[pair]:
-            newest_exit[pair] = version(body)
+        exits = [] if change is None or change[1] else [change[0]]
+        if change is not None and change[1]:
+            enters.setdefault((change[0], user), []).append(body)
+        if rule is not None:
+            exits = sorted(named) if rule.get("remove_from") == "*" else list(rule.get("remove_from", []))
+            if "add_to" in rule:
+                enters.setdefault((rule["add_to"], user), []).append(body)
+        for audience in exits:
+            pair = (audience, user)
+            if pair not in newest_exit or version(body) > newest_exit[pair]:
+                newest_exit[pair] = version(body)
+            if rule is not None and rule.get("cool_down_hours"):
+                hold = effective_ms(body) + round(rule["cool_down_hours"] * 3_600_000)
+                hold_until[pair] = max(hold_until.get(pair, 0), hold)
     members: dict[tuple[str, str], dict[str, set[str]]] = {}
     for pair, bodies in enters.items():
         after_exit = [b for b in bodies if pair not in newest_exit or version(b) > newest_exit[pair]]
-        if not after_exit:
+        if not after_exit or max(effective_ms(b) for b in after_exit) < hold_until.get(pair, 0):
             continue
         identifiers: dict[str, set[str]] = {}
         for id_type in ID_TYPES:
@@ -195,7 +232,10 @@ def consent_granted(
 
 
 def expected_members(
-    events: Iterable[ChaosEvent | Payload], prefix: str = "segment_", required: Iterable[str] = REQUIRED_CONSENT
+    events: Iterable[ChaosEvent | Payload],
+    prefix: str = "segment_",
+    required: Iterable[str] = REQUIRED_CONSENT,
+    rules: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, dict[str, set[str]]]:
     """Segment name -> identifier type -> Criteo identifiers: the IN users that granted consent.
 
@@ -208,17 +248,20 @@ def expected_members(
         change = audience_change(body)
         if change is not None:
             members.setdefault(prefix + change[0], {t: set() for t in ID_TYPES})
-    for (audience, user), identifiers in members_in(bodies).items():
+    for (audience, user), identifiers in members_in(bodies, rules).items():
         if granted.get(user, False):
             for id_type, values in identifiers.items():
-                members[prefix + audience][id_type].update(values)
+                members.setdefault(prefix + audience, {t: set() for t in ID_TYPES})[id_type].update(values)
     return members
 
 
-def single_batch_patches(events: Iterable[ChaosEvent | Payload], prefix: str = "segment_") -> int:
+def single_batch_patches(
+    events: Iterable[ChaosEvent | Payload], prefix: str = "segment_", rules: Iterable[Mapping[str, Any]] = ()
+) -> int:
     """The fewest PATCHes that bring empty segments to the final state: one add per non-empty (segment,
     identifier type), chunked at Criteo's limit."""
-    sizes = [len(v) for by_type in expected_members(events, prefix).values() for v in by_type.values()]
+    expected = expected_members(events, prefix, rules=rules)
+    sizes = [len(v) for by_type in expected.values() for v in by_type.values()]
     return sum(math.ceil(size / MAX_IDENTIFIERS) for size in sizes)
 
 
@@ -302,6 +345,7 @@ class _Draft:
     stamp_ms: int = 0  # the timestamp written (ahead of true_ms when future-dated)
     received_ms: int = 0
     with_anonymous_id: bool = False
+    rule: str | None = None  # an ordinary track event a rule names (audience None)
 
 
 @dataclass
@@ -344,6 +388,7 @@ class _Generator:
         self.users: dict[int, _User] = {}
         self.user_count = max(20, count // 8)
         self.drafts: list[_Draft] = []
+        self.rules = rules_for(audiences)
 
     def user(self, index: int) -> _User:
         """The profile of user `index`, made (with its consent events reserved) on first use."""
@@ -433,6 +478,9 @@ class _Generator:
             audience = f"chaos_audience_{rng.randrange(self.audiences):02d}"
             user = self.user(rng.randrange(self.user_count))
             at_ms = user.start_ms + rng.randrange(user.window_ms)
+            if self.rules and rng.random() < 0.1:
+                self.drafts.append(self.rule_event(user, user.fresh(at_ms)))
+                continue
             entered = rng.random() < 0.75
             for _ in range(rng.choice((1, 1, 2, 2, 3, 4, 5))):
                 at_ms = user.fresh(at_ms)
@@ -440,6 +488,14 @@ class _Generator:
                 entered = not entered
                 at_ms += rng.randrange(1_000, 900_000)
         del self.drafts[self.count :]
+
+    def rule_event(self, user: _User, at_ms: int) -> _Draft:
+        """An ordinary track event one of the rules names (a lifecycle one carries the profile's identifiers)."""
+        rule = self.rng.choice(self.rules)
+        ids = dict(self.identifiers(user, at_ms)) if "add_to" in rule else {}
+        ids.pop("madid", None)  # no zero or limited ids here: a lifecycle enter always has an email
+        kind = RULE_KINDS.get(rule["event"], "rule_lifecycle")
+        return _Draft(user, None, False, at_ms, ids, kinds={kind}, rule=rule["event"])
 
     def consent(self) -> None:
         """Times of the consent events, the grant carried by a first event, the state carried by others."""
@@ -451,6 +507,7 @@ class _Generator:
             drafts = by_user[index]
             user = drafts[0].user
             audience_drafts = sorted((d for d in drafts if d.audience is not None), key=lambda d: d.true_ms)
+            drafts = [d for d in drafts if d.rule is None]
             first = audience_drafts[0].true_ms if audience_drafts else user.start_ms
             last = audience_drafts[-1].true_ms if audience_drafts else first
             changes: list[tuple[int, dict[str, bool]]] = []
@@ -542,7 +599,11 @@ class _Generator:
                 context["device"]["adTrackingEnabled"] = not draft.limited
         if draft.preferences is not None:
             context["consent"] = {"categoryPreferences": draft.preferences}
-        if draft.audience is None:
+        if draft.rule is not None:
+            body.update(
+                type="track", event=draft.rule, properties={"revenue": 42.0}, context={**context, "traits": traits}
+            )
+        elif draft.audience is None:
             body.update(type="track", event=CONSENT_EVENT, properties={}, context=context)
         else:
             context["personas"] = {"computation_class": "audience", "computation_key": draft.audience}

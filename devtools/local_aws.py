@@ -59,6 +59,16 @@ class LocalAws:
     ledger_table: str
     max_receive_count: int = 5
     audience_settings_parameter: str = ""
+    advertiser_secret_prefix: str = ""  # another advertiser's secret is named this + its name
+
+    def add_advertiser(self, name: str, credentials: dict[str, str]) -> str:
+        """Store the Criteo secret of another advertiser, as a user does before naming it in the settings."""
+        secret = json.dumps(credentials)
+        return str(
+            self.client("secretsmanager").create_secret(Name=self.advertiser_secret_prefix + name, SecretString=secret)[
+                "ARN"
+            ]
+        )
 
     def client(self, service: str) -> Any:
         """A boto3 client talking to the local moto server."""
@@ -86,6 +96,7 @@ class LocalAws:
             "CRITEO_CALLS_PER_MINUTE": "60000",
             "AUDIENCE_CONFIG_PARAMETER": self.audience_settings_parameter,
             "AUDIENCE_CONFIG_MAX_AGE_SECONDS": "0",  # a change is used at once (the template: within 60 s)
+            "ADVERTISER_SECRET_PREFIX": self.advertiser_secret_prefix,
             **powertools_env(),
         }
         env.update(overrides)
@@ -215,7 +226,9 @@ def provision(
     )
     settings = f"/{prefix}/audience-settings"
     session.client("ssm", endpoint_url=endpoint).put_parameter(Name=settings, Value="{}", Type="String")
-    return LocalAws(endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table, max_receive_count, settings)
+    return LocalAws(
+        endpoint, queue_url, dlq_url, webhook_arn, criteo_arn, table, max_receive_count, settings, f"{prefix}/criteo/"
+    )
 
 
 if __name__ == "__main__":

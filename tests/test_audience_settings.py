@@ -72,7 +72,7 @@ def test_audiences_not_named_get_the_defaults_and_named_ones_override_them() -> 
     [
         ("{not json", "not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
         ("[]", "(document): must be an object"),
-        ('{"audience": {}}', "(document).audience: unknown setting (one of audiences, defaults)"),
+        ('{"audience": {}}', "(document).audience: unknown setting (one of advertisers, audiences, defaults, rules)"),
         ('{"audiences": {"cart": {"paused": "yes"}}}', "audiences.cart.paused: must be true or false"),
         ('{"audiences": {"cart": {"identifier_types": ["mail"]}}}', "audiences.cart.identifier_types: must be"),
         ('{"audiences": {"cart": {"segment_id": "abc"}}}', "audiences.cart.segment_id: must be a Criteo segment id"),
@@ -194,3 +194,73 @@ def test_a_lookalike_is_created_once_from_the_audience_segment_and_kept(stack: S
     sync(stack, enter("m3", "cart", "u3", email="c@example.com"))
     assert stack.criteo.count("create") == 2  # the contact list and its lookalike, once each
     assert len(stack.criteo.segments()) == 2
+
+
+# --- several advertisers ------------------------------------------------------------------------------------
+
+EU = {"client_id": "eu-app", "client_secret": "eu-app-secret", "advertiser_id": "777"}
+
+
+def test_audiences_go_to_their_advertiser_with_its_own_credentials_token_and_budget(stack: Stack) -> None:
+    stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
+    stack.aws.add_advertiser("brand_eu", EU)
+    configure(
+        stack, {"advertisers": {"brand_eu": {"calls_per_minute": 100}}, "audiences": {"eu": {"advertiser": "brand_eu"}}}
+    )
+    sync(stack, enter("m1", "eu", "u1", email="a@example.com"), enter("m2", "cart", "u2", email="b@example.com"))
+    sync(stack, enter("m3", "eu", "u3", email="c@example.com"))
+    eu_segments = stack.criteo.segments(EU["advertiser_id"])
+    assert set(eu_segments) == {AUDIENCE_PREFIX + "eu"}
+    assert eu_segments[AUDIENCE_PREFIX + "eu"]["members"]["email"] == {sha("a@example.com"), sha("c@example.com")}
+    assert set(stack.criteo.segments()) == {AUDIENCE_PREFIX + "cart"}
+    # One token per app, cached across invocations of the container.
+    assert stack.criteo.tokens_issued == {EU["client_id"]: 1, stack.criteo.client_id: 1}
+    # One budget item per app, keyed by a hash: no client id in the table.
+    items = stack.aws.client("dynamodb").scan(TableName=stack.aws.ledger_table)["Items"]
+    budgets = [item for item in items if item["pk"]["S"] == "budget"]
+    assert len(budgets) == 2
+    assert EU["client_id"] not in json.dumps(items) and stack.criteo.client_id not in json.dumps(items)
+
+
+def test_an_advertiser_without_a_readable_secret_holds_only_its_own_audiences(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
+    configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"eu": {"advertiser": "brand_eu"}}})
+    for payload in (enter("m1", "eu", "u1", email="a@example.com"), enter("m2", "cart", "u2", email="b@example.com")):
+        assert answer(stack.invoke_ingest(signed(payload)))[0] == 200
+    assert stack.poller().poll_once() == 2  # two messages (one per request), applied
+    assert stack.members("cart") == {sha("b@example.com")}
+    assert stack.criteo.segments(EU["advertiser_id"]) == {}
+    assert outbox_waiting(stack.aws.client("dynamodb"), stack.aws.ledger_table) == 1
+    assert '"criteo_credentials_errors":[1.0]' in capsys.readouterr().out
+    stack.aws.add_advertiser("brand_eu", EU)  # the operator creates the secret: nothing to redeploy
+    stack.poller().scheduled()
+    assert stack.criteo.segments(EU["advertiser_id"])[AUDIENCE_PREFIX + "eu"]["members"]["email"] == {
+        sha("a@example.com")
+    }
+
+
+def test_an_audience_moved_to_another_advertiser_gets_its_segment_there(stack: Stack) -> None:
+    stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
+    stack.aws.add_advertiser("brand_eu", EU)
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    configure(
+        stack, {"advertisers": {"brand_eu": {}}, "audiences": {"cart": {"advertiser": "brand_eu", "lookalike": {}}}}
+    )
+    sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
+    moved = stack.criteo.segments(EU["advertiser_id"])
+    assert moved[AUDIENCE_PREFIX + "cart"]["members"]["email"] == {sha("b@example.com")}
+    assert moved[AUDIENCE_PREFIX + "cart (lookalike)"]["seed"] == moved[AUDIENCE_PREFIX + "cart"]["id"]
+    # The first advertiser's segment is left as it was (docs/audience-settings.md: a resync fills the new one).
+    assert stack.members("cart") == {sha("a@example.com")}
+
+
+def test_an_advertiser_the_settings_do_not_declare_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match=r"audiences.eu.advertiser: 'brand_eu' is not in advertisers \(default\)"):
+        parse('{"audiences": {"eu": {"advertiser": "brand_eu"}}}')
+    with pytest.raises(ConfigError, match=r"advertisers\.a b: a name is 1-64 letters"):
+        parse('{"advertisers": {"a b": {}}}')
+    with pytest.raises(ConfigError, match=r"advertisers\.eu\.calls_per_minute: must be a whole number"):
+        parse('{"advertisers": {"eu": {"calls_per_minute": 0}}}')
+    assert parse('{"advertisers": {"eu": {"calls_per_minute": 50}}}').calls_per_minute == {"eu": 50}

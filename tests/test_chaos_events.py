@@ -17,6 +17,7 @@ from devtools.chaos_events import (
     expected_members,
     generate,
     iso_ms,
+    members_in,
     single_batch_patches,
     user_key,
 )
@@ -308,3 +309,35 @@ def test_generated_events_keep_their_promises() -> None:
     assert sum(len(t) >= 2 for t in types.values()) > 0.8 * len(types)  # (some users' events carry fewer)
     # One event per time per (audience, user), except a split send's siblings.
     assert all(len(ids) == 1 for by_time in times.values() for ids in by_time.values())
+
+
+RULES = [
+    {"event": "Order Completed", "remove_from": ["aud"], "cool_down_hours": 1},
+    {"event": "Subscription Started", "remove_from": "*"},
+    {"event": "Trial Started", "add_to": "trial", "remove_from": ["aud"]},
+]
+
+
+def test_rules_exit_enter_and_hold_back_by_the_events_time() -> None:
+    jane = {"email": "jane.doe@example.com"}
+    entered = event("m1", "10:00:00", traits=jane, consent=GRANT)
+    # A suppression at 11:00 with a one-hour cool-down: an enter at 11:30 is held back, one at 12:30 counts.
+    suppressed = [entered, event("m2", "11:00:00", "Order Completed"), event("m3", "11:30:00", traits=jane)]
+    assert members_in(suppressed, RULES) == {}
+    assert members_in([*suppressed, event("m4", "12:30:00", traits=jane)], RULES) == {("aud", "u1"): {"email": {JANE}}}
+    # Without the rules the same events are ordinary: the track event is ignored.
+    assert members_in(suppressed) == {("aud", "u1"): {"email": {JANE}}}
+    # "*" leaves every audience any event names, older enters included; a newer enter counts.
+    everywhere = [
+        entered,
+        event("m5", "10:00:00", traits=jane, audience="other"),
+        event("m6", "11:00:00", "Subscription Started"),
+    ]
+    assert members_in(everywhere, RULES) == {}
+    assert members_in([*everywhere, event("m7", "11:00:01", traits=jane, audience="other")], RULES) == {
+        ("other", "u1"): {"email": {JANE}}
+    }
+    # A lifecycle event enters one audience with the identifiers it carries and leaves the other.
+    moved = [entered, event("m8", "12:00:00", "Trial Started", traits=jane)]
+    assert members_in(moved, RULES) == {("trial", "u1"): {"email": {JANE}}}
+    assert expected_members(moved, rules=RULES)["segment_trial"]["email"] == {JANE}

@@ -116,6 +116,38 @@ def test_vendored_spec_is_criteos_official_file() -> None:
     assert filecmp.cmp(SPEC_PATH, SHARED_SPEC, shallow=False)
 
 
+def test_each_app_sees_only_its_advertisers(emu: CriteoEmulator) -> None:
+    emu.add_app("eu-app", "eu-secret", "777", "778")
+    eu_token = requests.post(
+        f"{emu.url}/oauth2/token", data={**CREDS, "client_id": "eu-app", "client_secret": "eu-secret"}
+    ).json()["access_token"]
+    eu = requests.Session()
+    eu.headers["Authorization"] = f"Bearer {eu_token}"
+
+    def eu_api(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return eu.request(method, f"{emu.url}/2026-07{path}", **kwargs)
+
+    made = create(eu_api, "eu list", advertiser_id="777")
+    assert made.status_code == 200, made.text
+    eu_id = str(made.json()["data"][0]["id"])
+    assert create(eu_api, "other list", advertiser_id="778").status_code == 200
+    refused = create(eu_api, "not mine", advertiser_id=ADVERTISER)
+    assert (refused.status_code, error_code(refused)) == (403, "advertiser-not-accessible")
+    # The first app does not see or change the second app's segments, and the other way round.
+    first = requests.Session()
+    first.headers["Authorization"] = f"Bearer {token(emu)}"
+    body = {"data": {"type": "AudienceSegment", "attributes": {}}}
+    assert first.post(f"{emu.url}/2026-07{SEGMENTS}/search", json=body).json()["data"] == []
+    foreign = patch(
+        lambda method, path, **kwargs: first.request(method, f"{emu.url}/2026-07{path}", **kwargs), eu_id, [SHA]
+    )
+    assert (foreign.status_code, error_code(foreign)) == (403, "audience-invalid")
+    assert patch(eu_api, eu_id, [SHA]).status_code == 200
+    assert emu.segments("777")["eu list"]["members"]["email"] == {SHA}
+    assert set(emu.segments("778")) == {"other list"} and emu.segments() == {}
+    assert emu.tokens_issued == {"eu-app": 1, CREDS["client_id"]: 1}
+
+
 def test_token_endpoint(emu: CriteoEmulator) -> None:
     ok = requests.post(f"{emu.url}/oauth2/token", data=CREDS)
     assert ok.status_code == 200

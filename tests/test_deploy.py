@@ -523,3 +523,19 @@ def test_every_aws_call_the_code_made_is_allowed_by_its_role(deployed: Deployed,
         assert needed, f"{function} made no AWS call"
         denied = sorted(p for p in needed if not allows(policies, *p))
         assert denied == [], f"{function}'s role does not allow {denied}"
+
+
+def test_the_roles_allow_the_settings_and_advertiser_secrets_the_code_reads(deployed: Deployed) -> None:
+    """The rules (ingest) read the settings parameter, and an advertiser named in the settings has its secret at
+    ADVERTISER_SECRET_PREFIX + name (Secrets Manager appends a suffix to the ARN); nothing wider is allowed."""
+    sync_env = deployed.configuration("AudienceSyncFunction")["Environment"]["Variables"]
+    ingest_env = deployed.configuration("IngestFunction")["Environment"]["Variables"]
+    secrets = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:"
+    sync_policies = deployed.policies("AudienceSyncFunction")
+    advertiser = secrets + sync_env["ADVERTISER_SECRET_PREFIX"] + "brand_eu-Ab12Cd"
+    assert allows(sync_policies, "secretsmanager:GetSecretValue", advertiser)
+    assert not allows(sync_policies, "secretsmanager:GetSecretValue", secrets + "another-stack/criteo/x-Ab12Cd")
+    assert not allows(sync_policies, "secretsmanager:GetSecretValue", deployed.stack.outputs["WebhookSecretArn"])
+    parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{ingest_env['AUDIENCE_CONFIG_PARAMETER']}"
+    assert ingest_env["AUDIENCE_CONFIG_PARAMETER"] == sync_env["AUDIENCE_CONFIG_PARAMETER"]
+    assert allows(deployed.policies("IngestFunction"), "ssm:GetParameter", parameter)

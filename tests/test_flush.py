@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from audience_sync.advertisers import Advertisers
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
@@ -105,12 +106,12 @@ def new_flusher(
         tokens=tokens or TokenCache(),
         sleep=sleep,
     )
+    budget = CallBudget(
+        dynamodb, stack.aws.ledger_table, policy.calls_per_minute, clock, burst or policy.calls_per_minute / 20
+    )
     return Flusher(
-        client,
+        Advertisers(lambda name: client, lambda client_id, rate: budget, "segment-criteo-sync", frozenset()),
         Outbox(dynamodb, stack.aws.ledger_table, 60, clock),
-        CallBudget(
-            dynamodb, stack.aws.ledger_table, policy.calls_per_minute, clock, burst or policy.calls_per_minute / 20
-        ),
         DeadLetters(QueueWriter(stack.aws.client("sqs"), stack.aws.dead_letter_queue_url)),
         SyncOptions(),
         policy,
@@ -459,12 +460,13 @@ def test_flush_charges_segment_searches_and_creates_to_the_budget(aws_stack: Sta
     flusher = new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=60), clock)
     report = flusher.tick()
     calls = sum(criteo.count(kind) for kind in ("token", "search", "create", "patch"))
-    assert calls == flusher.criteo.stats.total_calls
+    (advertiser,) = flusher.advertisers.connected()
+    assert calls == advertiser.criteo.stats.total_calls
     assert criteo.count("patch") <= 3
     assert report.counts["budget_waits"] >= 1
     assert len(outbox.waiting()) == 5 - criteo.count("patch")
     # Every call made is taken from the bucket (3 tokens): the debt is paid by waiting, 1 s a call.
-    assert flusher.budget.seconds_until(1) == pytest.approx(calls - 3 + 1, abs=0.01)
+    assert advertiser.app.budget.seconds_until(1) == pytest.approx(calls - 3 + 1, abs=0.01)
 
 
 # --- 6. a flush that fails or dies midway ------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def expected(changes: list[AudienceChange]) -> dict[str, set[str]]:
     last_exit = max((c.timestamp_ms, c.message_id) for c in exits) if exits else None
     if not enters or (last_exit and max((c.timestamp_ms, c.message_id) for c in enters) <= last_exit):
         return {}
+    if max(c.timestamp_ms for c in enters) < max((c.hold_until_ms for c in exits), default=0):
+        return {}  # the newest enter falls in a suppression's cool-down
     after = [c for c in enters if last_exit is None or (c.timestamp_ms, c.message_id) > last_exit]
     result: dict[str, set[str]] = {}
     for id_type in {t for c in after for t in c.identifiers}:
@@ -103,11 +105,12 @@ def expected(changes: list[AudienceChange]) -> dict[str, set[str]]:
 
 changes_strategy = st.lists(
     st.builds(
-        lambda op, ts, n, ids: change(op, ts, f"m{n}", ids),
+        lambda op, ts, n, ids, hold: change(op, ts, f"m{n}", ids)._replace(hold_until_ms=hold if op == REMOVE else 0),
         st.sampled_from([ADD, REMOVE]),
         st.integers(0, 6),
         st.integers(0, 3),
         st.dictionaries(st.sampled_from(["email", "madid"]), st.lists(st.sampled_from(["x", "y", "z"]), max_size=2)),
+        st.sampled_from([0, 0, 4, 9]),  # a suppression's cool-down ends at this time (0: none)
     ),
     max_size=8,
 )

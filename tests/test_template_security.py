@@ -10,11 +10,22 @@ import pytest
 from devtools.template import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
+# Advertisers' secrets, created by the user under the stack's name (Secrets Manager appends a random suffix to
+# an ARN, so a name can only be granted with a trailing wildcard): the one other pattern allowed.
+ADVERTISER_SECRETS = (
+    "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${AWS::StackName}/criteo/*"
+)
 
 
 @pytest.fixture(scope="module")
 def resources() -> dict[str, Any]:
     return dict(load_template()["Resources"])
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    """A statement's resources, each as text."""
+    given = statement["Resource"]
+    return [str(r) for r in (given if isinstance(given, list) else [given])]
 
 
 def _statements(resources: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -39,14 +50,17 @@ def test_no_wildcard_actions_or_resources_in_function_policies(resources: dict[s
         if name == "TracingPolicy":  # only with EnableTracing: X-Ray has no resource-level permissions
             assert set(actions) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
             continue
-        resource = str(statement["Resource"])
         assert statement["Resource"] != "*", f"{name}: wildcard resource"
-        # The only pattern allowed: the streams of the function's own log group, created at run time.
-        assert "*" not in resource.replace(":log-stream:*", ""), f"{name}: wildcard resource {resource}"
+        for resource in _resources(statement):
+            if resource == str({"Fn::Sub": ADVERTISER_SECRETS}):
+                assert (name, actions) == ("SyncRole", ["secretsmanager:GetSecretValue"])
+                continue
+            # The other pattern allowed: the streams of the function's own log group, created at run time.
+            assert "*" not in resource.replace(":log-stream:*", ""), f"{name}: wildcard resource {resource}"
 
 
 def test_each_function_reaches_only_its_own_queue_and_secret(resources: dict[str, Any]) -> None:
-    granted = {(name, str(s["Resource"])) for name, s in _statements(resources)}
+    granted = {(name, resource) for name, s in _statements(resources) for resource in _resources(s)}
     assert ("IngestRole", str({"Ref": "WebhookSecret"})) in granted
     assert ("SyncRole", str({"Ref": "CriteoCredentialsSecret"})) in granted
     assert ("IngestRole", str({"Ref": "CriteoCredentialsSecret"})) not in granted
@@ -94,7 +108,9 @@ def test_secrets_are_never_plain_environment_values(resources: dict[str, Any]) -
             continue
         variables = resource["Properties"]["Environment"]["Variables"]
         for key, value in variables.items():
-            if "SECRET" in key:
+            if key == "ADVERTISER_SECRET_PREFIX":  # a name under which the user creates secrets, not a secret
+                assert value == {"Fn::Sub": "${AWS::StackName}/criteo/"}
+            elif "SECRET" in key:
                 assert key.endswith("_ARN") and isinstance(value, dict) and "Ref" in value, f"{name}.{key}"
 
 

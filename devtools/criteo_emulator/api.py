@@ -14,11 +14,11 @@ _SEGMENT_KINDS = {"contactList", "inMarket", "location", "lookalike", "prospecti
 
 
 class AudienceApi:
-    """Search, create, describe, amend, empty and count contact lists of the one advertiser the client may see."""
+    """Search, create, describe, amend, empty and count contact lists of the advertisers one app may see."""
 
-    def __init__(self, state: AccountState, advertiser_id: str) -> None:
+    def __init__(self, state: AccountState, advertiser_ids: frozenset[str]) -> None:
         self.state = state
-        self.advertiser_id = advertiser_id
+        self.advertiser_ids = advertiser_ids
 
     def search(self, body: dict[str, Any], limit: int, offset: int, instance: str) -> dict[str, Any]:
         """One page of the visible segments matching the filters (AND'ed)."""
@@ -30,7 +30,7 @@ class AudienceApi:
         types = filters.get("audienceSegmentTypes")
         found = [
             s
-            for s in self.state.owned_by(self.advertiser_id)
+            for s in self.state.owned_by(*sorted(self.advertiser_ids))
             if (advertisers is None or s.advertiser_id in advertisers)
             and (ids is None or s.id in ids)
             and (types is None or s.kind in types)
@@ -56,7 +56,7 @@ class AudienceApi:
                 raise first
             created = [
                 self.state.create(
-                    self.advertiser_id,
+                    str(a["advertiserId"]),
                     a["name"],
                     a.get("description"),
                     (a.get("lookalike") or {}).get("seedSegmentId"),
@@ -143,19 +143,20 @@ class AudienceApi:
         return {"data": data, "errors": [], "warnings": []}
 
     def own_segment(self, segment_id: str, instance: str) -> Segment:
-        """The segment, if it exists (else 404) and belongs to our advertiser (else 403 audience-invalid)."""
+        """The segment, if it exists (else 404) and belongs to an advertiser of the app (else 403 audience-invalid)."""
         with self.state.lock:
             segment = self.state.segments.get(segment_id)
         if segment is None:
             raise problem(404, "validation", "audience-not-found", f"no audience segment {segment_id}", instance)
-        if segment.advertiser_id != self.advertiser_id:
-            detail = f"audience segment {segment_id} belongs to another advertiser"
+        if segment.advertiser_id not in self.advertiser_ids:
+            detail = f"audience segment {segment_id} belongs to an advertiser this application can't access"
             raise problem(403, "access-control", "audience-invalid", detail, instance)
         return segment
 
     def _refusal(self, attributes: dict[str, Any], names: list[str], instance: str) -> Reply | None:
         """Why one requested segment can't be created, if it can't."""
-        if attributes["advertiserId"] != self.advertiser_id:
+        advertiser_id = str(attributes["advertiserId"])
+        if advertiser_id not in self.advertiser_ids:
             detail = f"advertiser {attributes['advertiserId']} is not accessible to this application"
             return problem(403, "access-control", "advertiser-not-accessible", detail, instance)
         kinds = set(attributes) & _SEGMENT_KINDS
@@ -164,11 +165,11 @@ class AudienceApi:
             return problem(400, "validation", "invalid-segment-type", detail, instance)
         if "lookalike" in attributes:
             seed = self.state.segments.get(str(attributes["lookalike"]["seedSegmentId"]))
-            if seed is None or seed.advertiser_id != self.advertiser_id or seed.seed:
+            if seed is None or seed.advertiser_id != advertiser_id or seed.seed:
                 detail = "seedSegmentId must be one of the advertiser's contact lists"
                 return problem(400, "validation", "invalid-seed-segment", detail, instance)
         name = attributes["name"]
-        if names.count(name) > 1 or self.state.find(self.advertiser_id, name):
+        if names.count(name) > 1 or self.state.find(advertiser_id, name):
             return problem(400, "validation", "name-must-be-unique", f"a segment is named {name!r}", instance)
         return None
 

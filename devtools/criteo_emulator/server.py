@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -116,7 +117,9 @@ class CriteoEmulator:
         self.advertiser_id, self.api_version = advertiser_id, api_version
         self.state = AccountState(clock)
         self.faults = Faults()
-        self.api = AudienceApi(self.state, advertiser_id)
+        # client id -> (client secret, the advertisers the app may access)
+        self.apps: dict[str, tuple[str, frozenset[str]]] = {client_id: (client_secret, frozenset({advertiser_id}))}
+        self.tokens_issued: Counter[str] = Counter()  # client id -> tokens handed out since the last reset
         self.calls: list[tuple[str, str, int]] = []
         self.patch_log: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
@@ -163,12 +166,17 @@ class CriteoEmulator:
     def clock(self, value: Callable[[], float]) -> None:
         self.state.clock = value
 
+    def add_app(self, client_id: str, client_secret: str, *advertiser_ids: str) -> None:
+        """Another Criteo app (client credentials) with access to these advertisers (kept across resets)."""
+        self.apps[client_id] = (client_secret, frozenset(advertiser_ids))
+
     def reset(self) -> None:
         """Forget segments, tokens, faults, a stall, call counts, the PATCH log and spec violations."""
         self.stall = None
         self.state.clear()
         self.faults.clear()
         with self._log_lock:
+            self.tokens_issued.clear()
             self.calls.clear()
             self.patch_log.clear()
             self.spec_violations.clear()
@@ -189,9 +197,9 @@ class CriteoEmulator:
         with self._log_lock:
             return sum(1 for method, label, _ in self.calls if (method, label) == CALL_KINDS[kind])
 
-    def segments(self) -> dict[str, dict[str, Any]]:
-        """Our advertiser's segments: name -> id, type, description, members per identifier type (copies), and
-        a lookalike's seed and target size."""
+    def segments(self, advertiser_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """An advertiser's segments (default: the first app's): name -> id, type, description, members per
+        identifier type (copies), and a lookalike's seed and target size."""
         with self.state.lock:
             return {
                 s.name: {
@@ -201,7 +209,7 @@ class CriteoEmulator:
                     "members": {kind: set(values) for kind, values in s.members.items()},
                     **({"seed": s.seed, "target_size": s.target_size} if s.seed else {}),
                 }
-                for s in self.state.owned_by(self.advertiser_id)
+                for s in self.state.owned_by(advertiser_id or self.advertiser_id)
             }
 
     def delete_segment(self, name: str) -> bool:
@@ -265,32 +273,32 @@ class CriteoEmulator:
         if summary:
             with self._log_lock:
                 self.spec_violations.append(f"{request.method} {request.full_path.rstrip('?')}: {summary}")
-        self._authorize(request)
+        api = self._authorize(request)
         headers = self._apply_faults(request.path)
         try:
             if summary:
                 raise problem(400, "validation", "invalid-request", summary, request.path)
-            return 200, self._perform(endpoint, args, body, query, request.path), headers
+            return 200, self._perform(api, endpoint, args, body, query, request.path), headers
         except Reply as reply:
             reply.headers = {**headers, **reply.headers}
             raise
 
     def _perform(
-        self, endpoint: str, args: dict[str, Any], body: Any, query: dict[str, Any], instance: str
+        self, api: AudienceApi, endpoint: str, args: dict[str, Any], body: Any, query: dict[str, Any], instance: str
     ) -> dict[str, Any]:
-        """Run a spec-valid API call on the account."""
+        """Run a spec-valid API call on the account, as the calling app."""
         if endpoint == "search":
-            return self.api.search(body, query["limit"], query["offset"], instance)
+            return api.search(body, query["limit"], query["offset"], instance)
         if endpoint == "create":
-            return self.api.create(body, instance, self.faults.create_refusals_as_200)
+            return api.create(body, instance, self.faults.create_refusals_as_200)
         if endpoint == "update":
-            return self.api.update(body, instance)
+            return api.update(body, instance)
         segment_id = str(args["segment_id"])
         if endpoint == "delete":
-            return self.api.empty(segment_id, instance)
+            return api.empty(segment_id, instance)
         if endpoint == "statistics":
-            return self.api.statistics(segment_id, instance)
-        result = self.api.amend(segment_id, body, instance, self.clock())
+            return api.statistics(segment_id, instance)
+        result = api.amend(segment_id, body, instance, self.clock())
         attributes = result["data"]["attributes"]
         with self._log_lock:
             self.patch_log.append(
@@ -328,12 +336,16 @@ class CriteoEmulator:
                 found += spec.request_problems(template, method, body)
         return body, query, found
 
-    def _authorize(self, request: Request) -> None:
+    def _authorize(self, request: Request) -> AudienceApi:
+        """The API as the app whose bearer token the request carries sees it (401 without a valid one)."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         valid_form = scheme.lower() == "bearer" and token
-        status = self.state.token_status(token.strip(), self.faults.token_epoch) if valid_form else "invalid"
+        status, client_id = (
+            self.state.token_status(token.strip(), self.faults.token_epoch) if valid_form else ("invalid", "")
+        )
         if status != "ok":
             raise problem(401, "authorization", f"authorization-token-{status}", f"the token is {status}", request.path)
+        return AudienceApi(self.state, self.apps[client_id][1])
 
     def _apply_faults(self, instance: str) -> dict[str, str]:
         """Sleep, then fail the call if a fault says so; the x-ratelimit-* headers for a call that goes on."""
@@ -365,9 +377,12 @@ class CriteoEmulator:
             raise oauth_error(400, "invalid_request", f"missing form field(s): {', '.join(missing)}")
         if form["grant_type"] != "client_credentials":
             raise oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
-        if (form["client_id"], form["client_secret"]) != (self.client_id, self.client_secret):
+        app = self.apps.get(form["client_id"])
+        if app is None or form["client_secret"] != app[0]:
             raise oauth_error(401, "invalid_client", "unknown client_id or wrong client_secret")
-        token = self.state.issue_token(self.faults.token_epoch)
+        token = self.state.issue_token(self.faults.token_epoch, form["client_id"])
+        with self._log_lock:
+            self.tokens_issued[form["client_id"]] += 1
         body = {"access_token": token, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME_S, "refresh_token": None}
         return 200, body, headers
 

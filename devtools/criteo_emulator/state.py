@@ -49,6 +49,7 @@ class Segment:
 class _Token:
     expires_at: float
     epoch: int
+    client_id: str
 
 
 class AccountState:
@@ -76,20 +77,22 @@ class AccountState:
         with self.lock:
             return list(self._tokens)
 
-    def issue_token(self, epoch: int) -> str:
-        """A new bearer token, valid for TOKEN_LIFETIME_S while the token epoch stays `epoch`."""
+    def issue_token(self, epoch: int, client_id: str) -> str:
+        """A new bearer token of an app, valid for TOKEN_LIFETIME_S while the token epoch stays `epoch`."""
         token = secrets.token_urlsafe(32)
         with self.lock:
-            self._tokens[token] = _Token(self.clock() + TOKEN_LIFETIME_S, epoch)
+            self._tokens[token] = _Token(self.clock() + TOKEN_LIFETIME_S, epoch, client_id)
         return token
 
-    def token_status(self, token: str, epoch: int) -> TokenStatus:
-        """'invalid' for a token never issued, 'expired' when too old or issued before a newer epoch."""
+    def token_status(self, token: str, epoch: int) -> tuple[TokenStatus, str]:
+        """('invalid', '') for a token never issued, 'expired' when too old or issued before a newer epoch;
+        with the app (client id) it was issued to."""
         with self.lock:
             issued = self._tokens.get(token)
         if issued is None:
-            return "invalid"
-        return "ok" if issued.epoch >= epoch and self.clock() < issued.expires_at else "expired"
+            return "invalid", ""
+        fresh = issued.epoch >= epoch and self.clock() < issued.expires_at
+        return ("ok" if fresh else "expired"), issued.client_id
 
     def find(self, advertiser_id: str, name: str) -> Segment | None:
         """The advertiser's segment with that name, if any."""
@@ -114,10 +117,10 @@ class AccountState:
             self.segments[segment.id] = segment
             return segment
 
-    def owned_by(self, advertiser_id: str) -> list[Segment]:
-        """The advertiser's segments, oldest first."""
+    def owned_by(self, *advertiser_ids: str) -> list[Segment]:
+        """The segments of these advertisers, oldest first."""
         with self.lock:
-            return [s for s in self.segments.values() if s.advertiser_id == advertiser_id]
+            return [s for s in self.segments.values() if s.advertiser_id in advertiser_ids]
 
     def delete(self, advertiser_id: str, name: str) -> bool:
         """Remove the advertiser's segment with that name; whether there was one."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import boto3
@@ -10,6 +12,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
+from audience_sync.audience_config import ConfigSource, Rule
 from audience_sync.config import IngestSettings
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.http import request_from_apigw_v2, to_apigw_v2
@@ -38,6 +41,25 @@ def load_webhook_secret(force: bool) -> str | None:
     return str(value).strip() or None
 
 
+@functools.cache
+def ssm() -> parameters.SSMProvider:
+    """The SSM client, made on first use: most deliveries never need it (no cost at cold start)."""
+    return parameters.SSMProvider(boto_config=aws_config)
+
+
+# The settings document, for its rules; read only when a track event that Engage did not send arrives.
+audience_config = ConfigSource(
+    (lambda: str(ssm().get(settings.audience_config_parameter, max_age=settings.audience_config_max_age_seconds)))
+    if settings.audience_config_parameter
+    else None
+)
+
+
+def current_rules() -> Mapping[str, Rule]:
+    """The rules of the last good settings document."""
+    return audience_config.current().rules
+
+
 service = IngestService(
     authenticator=WebhookAuthenticator(load_webhook_secret, settings.allow_bearer_token),
     parser=SegmentEventParser(
@@ -46,7 +68,8 @@ service = IngestService(
             hash_pii=settings.hash_emails,
             consent_categories=settings.consent_categories,
             max_clock_skew_ms=settings.max_clock_skew_seconds * 1000,
-        )
+        ),
+        rules=current_rules,
     ),
     queue=QueueWriter(boto3.client("sqs", config=aws_config), settings.queue_url),
     max_body_bytes=settings.max_body_bytes,

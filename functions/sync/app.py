@@ -12,7 +12,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from audience_sync.audience_config import ConfigSource
+from audience_sync.advertisers import Advertisers, app_key
+from audience_sync.audience_config import DEFAULT_ADVERTISER, ConfigSource
 from audience_sync.budget import CallBudget
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
@@ -34,7 +35,6 @@ secrets = parameters.SecretsProvider(boto_config=aws_config)
 dynamodb = boto3.client("dynamodb", config=client_config(read_timeout=10, attempts=3, pool=PARALLEL_CALLS))
 ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
 outbox = Outbox(dynamodb, settings.ledger_table, settings.lock_seconds)
-budget = CallBudget(dynamodb, settings.ledger_table, settings.criteo_calls_per_minute)
 options = SyncOptions(
     name_prefix=settings.audience_name_prefix,
     deployment=settings.deployment_id,
@@ -57,20 +57,27 @@ audience_config = ConfigSource(
 )
 
 
-def load_credentials() -> CriteoCredentials | None:
-    """Client id/secret/advertiser id from Secrets Manager (cached); None when unreadable or incomplete."""
+def load_credentials(advertiser: str) -> CriteoCredentials | None:
+    """An advertiser's client id/secret/advertiser id from Secrets Manager (cached): the deployment's secret for
+    `default`, else the one named after it; None when unreadable or incomplete."""
+    secret_id = (
+        settings.criteo_secret_arn
+        if advertiser == DEFAULT_ADVERTISER
+        else settings.advertiser_secret_prefix + advertiser
+    )
+    where = dict(advertiser=advertiser)
     try:
-        secret = secrets.get(settings.criteo_secret_arn, transform="json", max_age=settings.secret_max_age_seconds)
+        secret = secrets.get(secret_id, transform="json", max_age=settings.secret_max_age_seconds)
     except (parameters.exceptions.GetParameterError, parameters.exceptions.TransformParameterError):
-        logger.error("the Criteo secret can't be read or isn't JSON")
+        logger.error("the Criteo secret can't be read or isn't JSON", extra=where)
         return None
     if not isinstance(secret, dict):
-        logger.error("the Criteo secret must be a JSON object")
+        logger.error("the Criteo secret must be a JSON object", extra=where)
         return None
     try:
         return CriteoCredentials(str(secret["client_id"]), str(secret["client_secret"]), str(secret["advertiser_id"]))
     except KeyError:
-        logger.error("the Criteo secret needs client_id, client_secret and advertiser_id")
+        logger.error("the Criteo secret needs client_id, client_secret and advertiser_id", extra=where)
         return None
 
 
@@ -84,13 +91,20 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
     stop_at = time.monotonic() + keep_flushing_seconds
     if seconds_left() < SAFETY_SECONDS or not ledger.acquire_flusher():
         return {}
-    try:
-        credentials = load_credentials()
+
+    def connect(advertiser: str) -> CriteoClient | None:
+        credentials = load_credentials(advertiser)
         if credentials is None:
-            return {"criteo_credentials_errors": 1, "outbox_audiences": len(outbox.waiting())}
-        criteo = CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
+            return None
+        return CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
+
+    def app_budget(client_id: str, calls_per_minute: int) -> CallBudget:
+        return CallBudget(dynamodb, settings.ledger_table, calls_per_minute, app=app_key(client_id))
+
+    advertisers = Advertisers(connect, app_budget, options.deployment, options.adopt_segments)
+    try:
         flusher = Flusher(
-            criteo, outbox, budget, dead_letters, options, policy, seconds_left, config=audience_config.current
+            advertisers, outbox, dead_letters, options, policy, seconds_left, config=audience_config.current
         )
         refused = audience_config.refused
         report: FlushReport = run_flushes(
@@ -107,10 +121,8 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
     return {
         **report.counts,
         **report.gauges,
-        "criteo_calls": criteo.stats.total_calls,
-        "criteo_retries": criteo.stats.retries,
-        "criteo_throttles": criteo.stats.throttles,
-        "token_fetches": criteo.stats.calls.get("token", 0),
+        "criteo_credentials_errors": report.counts["criteo_credentials_errors"] + len(advertisers.unreadable()),
+        **advertisers.call_counts(),
         "audience_config_refused": audience_config.refused - refused,
     }
 
@@ -126,7 +138,10 @@ def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any]
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
 
-    report = AudienceSync(ledger, outbox, dead_letters, options, seconds_left).run(messages, receive_counts, queued)
+    suppressions = audience_config.current().suppresses_everywhere
+    report = AudienceSync(ledger, outbox, dead_letters, options, seconds_left, suppressions).run(
+        messages, receive_counts, queued
+    )
     park_exhausted(report, dead_letters, dict(messages), receive_counts, settings.max_receive_count)
     counts = {**report.counts, "messages_in": len(messages), "failed_messages": len(report.failed)}
     answer = {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed)]}

@@ -1,8 +1,8 @@
 """The Criteo call budget, shared by every invocation: a token bucket in the ledger's table.
 
-Criteo limits calls per app, whichever Lambda makes them, so the budget lives in one item (`budget`,
-`criteo`): `tokens` left at time `at`. It refills at `per_minute / 60` per second up to a small burst, so no
-60-second window holds more than `per_minute` plus that burst (docs/design.md, "Call budget").
+Criteo limits calls per app, whichever Lambda makes them, so each app's budget lives in one item (`budget`,
+`criteo#<hashed client id>`): `tokens` left at time `at`. It refills at `per_minute / 60` per second up to a
+small burst, so no 60-second window holds more than `per_minute` plus that burst (docs/design.md, "Call budget").
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from audience_sync.table import Table
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-KEY = {"pk": {"S": "budget"}, "sk": {"S": "criteo"}}
 # The bucket holds at most a tenth of a minute's calls (20 at 200/min): more than a flusher pass every 5 s
 # uses, so no token is lost between passes, and at most 220 calls fall in any 60 s at 200/min.
 BURST_SHARE = 0.1
@@ -34,8 +33,10 @@ class CallBudget(Table):
         per_minute: int,
         clock: Callable[[], float] = time.time,
         burst: float | None = None,
+        app: str = "criteo",
     ) -> None:
         super().__init__(dynamodb, table, clock)
+        self.app = app
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, per_minute * BURST_SHARE) if burst is None else burst
 
@@ -55,7 +56,7 @@ class CallBudget(Table):
 
     def _read(self) -> tuple[float, str | None]:
         """Tokens now (refilled since the item's `at`) and the `at` read, for the conditional write."""
-        found = self._get([("budget", "criteo")])
+        found = self._get([("budget", self.app)])
         if not found:
             return self.capacity, None
         item = found[0]
@@ -75,7 +76,7 @@ class CallBudget(Table):
             write = partial(
                 self.dynamodb.update_item,
                 TableName=self.table,
-                Key=KEY,
+                Key={"pk": {"S": "budget"}, "sk": {"S": self.app}},
                 UpdateExpression="SET tokens = :t, #at = :now",
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#at": "at"},

@@ -75,6 +75,8 @@ class IngestSettings:
     # Segment sends at most 4,000 events per request (~1.7 MB).
     max_body_bytes: int = 3_000_000
     secret_max_age_seconds: int = 300
+    audience_config_parameter: str = ""  # the settings document, for its rules (audience_config.py)
+    audience_config_max_age_seconds: int = 60
 
     VARIABLES = (
         "QUEUE_URL",
@@ -86,6 +88,8 @@ class IngestSettings:
         "ALLOW_BEARER_TOKEN",
         "MAX_BODY_BYTES",
         "SECRET_MAX_AGE_SECONDS",
+        "AUDIENCE_CONFIG_PARAMETER",
+        "AUDIENCE_CONFIG_MAX_AGE_SECONDS",
     )
 
     @classmethod
@@ -106,6 +110,10 @@ class IngestSettings:
             allow_bearer_token=env.flag("ALLOW_BEARER_TOKEN", cls.allow_bearer_token),
             max_body_bytes=env.number("MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             secret_max_age_seconds=env.number("SECRET_MAX_AGE_SECONDS", cls.secret_max_age_seconds),
+            audience_config_parameter=env.text("AUDIENCE_CONFIG_PARAMETER", cls.audience_config_parameter),
+            audience_config_max_age_seconds=env.number(
+                "AUDIENCE_CONFIG_MAX_AGE_SECONDS", cls.audience_config_max_age_seconds
+            ),
         )
 
 
@@ -134,6 +142,7 @@ class SyncSettings:
     flush_retry_seconds: int = 5  # an audience whose call failed waits this, doubled per failure (≤ 300 s)
     audience_config_parameter: str = ""  # the SSM parameter holding the settings per audience (audience_config.py)
     audience_config_max_age_seconds: int = 60  # a change to it is used within this long
+    advertiser_secret_prefix: str = ""  # an advertiser named in the settings has its secret at prefix + name
 
     VARIABLES = (
         "CRITEO_SECRET_ARN",
@@ -157,6 +166,7 @@ class SyncSettings:
         "FLUSH_RETRY_SECONDS",
         "AUDIENCE_CONFIG_PARAMETER",
         "AUDIENCE_CONFIG_MAX_AGE_SECONDS",
+        "ADVERTISER_SECRET_PREFIX",
     )
 
     @classmethod
@@ -188,4 +198,5 @@ class SyncSettings:
             audience_config_max_age_seconds=env.number(
                 "AUDIENCE_CONFIG_MAX_AGE_SECONDS", cls.audience_config_max_age_seconds
             ),
+            advertiser_secret_prefix=env.text("ADVERTISER_SECRET_PREFIX", cls.advertiser_secret_prefix),
         )

@@ -17,9 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
+from audience_sync.advertisers import Advertiser, Advertisers
 from audience_sync.audience_config import AudienceConfig, AudienceSettings
-from audience_sync.budget import CallBudget
-from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.errors import (
     CriteoError,
     InvalidCredentials,
@@ -27,7 +26,6 @@ from audience_sync.criteo.errors import (
     SegmentGone,
     SegmentOwnedElsewhere,
 )
-from audience_sync.criteo.segments import SegmentDirectory
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
 from audience_sync.observability import logger
@@ -50,9 +48,10 @@ class FlushPolicy:
     calls_per_minute: int = 200  # the budget every invocation shares
     retry_seconds: float = 5.0  # an audience whose call failed waits this, doubled per failure
 
-    def backlog_seconds(self, waiting: list[Waiting]) -> float:
-        """How long the budget needs for every call waiting (counts are upper bounds)."""
-        return sum(calls_needed(w.counts) for w in waiting) * 60.0 / self.calls_per_minute
+    def backlog_seconds(self, waiting: list[Waiting], calls_per_minute: int | None = None) -> float:
+        """How long the budget (default: the deployment's) needs for every call waiting (counts are upper
+        bounds)."""
+        return sum(calls_needed(w.counts) for w in waiting) * 60.0 / (calls_per_minute or self.calls_per_minute)
 
     def mode(self, waiting: Waiting, now: float, backlog_seconds: float, last_change: float) -> str | None:
         """ALL: send everything; FULL_ONLY: only groups of 50,000; None: keep waiting.
@@ -95,13 +94,13 @@ class FlushReport:
 
 
 class Flusher:
-    """Sends what is ready in the outbox; one flusher runs at a time (the caller holds the flusher lease)."""
+    """Sends what is ready in the outbox, each audience to its advertiser within its app's budget; one flusher
+    runs at a time (the caller holds the flusher lease)."""
 
     def __init__(
         self,
-        criteo: CriteoClient,
+        advertisers: Advertisers,
         outbox: Outbox,
-        budget: CallBudget,
         dead_letters: DeadLetters,
         options: SyncOptions,
         policy: FlushPolicy,
@@ -109,38 +108,47 @@ class Flusher:
         workers: int = 8,
         config: Callable[[], AudienceConfig] = AudienceConfig,
     ) -> None:
-        self.criteo = criteo
+        self.advertisers = advertisers
         self.config = config
         self._config = AudienceConfig()  # this tick's
-        self.directory = SegmentDirectory(criteo, options.deployment, options.adopt_segments)
         self.outbox = outbox
-        self.budget = budget
         self.dead_letters = dead_letters
         self.options = options
         self.policy = policy
         self.seconds_left = seconds_left
         self.clock = outbox.clock
         self.workers = workers
-        self._resolving = threading.Lock()
-        self._stop = threading.Event()  # out of budget, time or credentials: no new call this tick
+        self._stop = threading.Event()  # the outbox is unavailable: no new flush this tick
 
     def tick(self) -> FlushReport:
         """One pass: every ready audience, fullest and oldest first, while budget and time last."""
         report = FlushReport()
         self._stop.clear()
+        for advertiser in self.advertisers.connected():
+            advertiser.app.stop.clear()
         now = self.clock()
         self._config = self.config()
         every = self.outbox.waiting()
         waiting = [w for w in every if not self._settings(w).paused]  # a paused audience's changes wait
-        backlog = self.policy.backlog_seconds(waiting)
+        by_advertiser: dict[str, list[Waiting]] = {}
+        for w in waiting:
+            by_advertiser.setdefault(self._settings(w).advertiser, []).append(w)
+        backlogs = {
+            name: self.policy.backlog_seconds(group, self._config.calls_per_minute.get(name))
+            for name, group in by_advertiser.items()
+        }
         last_change = max((w.last for w in waiting), default=now)
-        ready = [(w, mode) for w in waiting if (mode := self.policy.mode(w, now, backlog, last_change))]
+        ready = [
+            (w, mode)
+            for w in waiting
+            if (mode := self.policy.mode(w, now, backlogs[self._settings(w).advertiser], last_change))
+        ]
         ready.sort(key=lambda pair: (not _has_full(pair[0]), pair[0].first))
         report.gauges = {
             "outbox_paused_audiences": len(every) - len(waiting),
             "outbox_audiences": len(waiting),
             "outbox_oldest_seconds": int(max((now - w.first for w in waiting), default=0)),
-            "outbox_backlog_seconds": int(backlog),
+            "outbox_backlog_seconds": int(max(backlogs.values(), default=0)),
         }
         if self.workers == 1:
             reports = [self._flush(w, mode) for w, mode in ready]
@@ -156,15 +164,19 @@ class Flusher:
         report = FlushReport()
         if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
             return report
+        name = self._settings(waiting).advertiser
+        advertiser = self.advertisers.get(name, self._config.calls_per_minute.get(name, self.policy.calls_per_minute))
+        if advertiser is None or advertiser.app.stop.is_set():  # its changes wait (the credentials are counted)
+            return report
         try:
-            self._send(waiting, mode, report)
+            self._send(advertiser, waiting, mode, report)
         except DependencyUnavailable as error:  # the entries stay: what was sent is sent again, in order
             logger.warning("outbox unavailable", extra={"reason": str(error)})
             report.counts["dependency_errors"] += 1
             self._stop.set()
         return report
 
-    def _send(self, waiting: Waiting, mode: str, report: FlushReport) -> None:
+    def _send(self, advertiser: Advertiser, waiting: Waiting, mode: str, report: FlushReport) -> None:
         read, complete = self.outbox.oldest(waiting.audience_key)
         plans = patches(waiting.audience_key, net(s.entry for s in read))
         types = self._settings(waiting).identifier_types
@@ -174,7 +186,7 @@ class Flusher:
         chosen = [p for p in plans if id(p) not in dropped and (mode == ALL or p.full)]
         if not chosen and mode == FULL_ONLY:
             return
-        sent, failed = self._patch_all(waiting, chosen, report)
+        sent, failed = self._patch_all(advertiser, waiting, chosen, report)
         sent |= dropped
         unsent = [p for p in plans if id(p) not in sent]
         carry = remainder(unsent) if unsent else None
@@ -192,31 +204,37 @@ class Flusher:
                 waiting, self.clock() + min(MAX_RETRY_SECONDS, self.policy.retry_seconds * 2**waiting.fails)
             )
 
-    def _patch_all(self, waiting: Waiting, plans: list[PatchPlan], report: FlushReport) -> tuple[set[int], bool]:
+    def _patch_all(
+        self, advertiser: Advertiser, waiting: Waiting, plans: list[PatchPlan], report: FlushReport
+    ) -> tuple[set[int], bool]:
         """PATCH in order while budget and time last; the ids of the plans Criteo has (or that were parked),
         and whether a call failed (the audience then backs off)."""
         sent: set[int] = set()
         if not plans:
             return sent, False
+        app = advertiser.app
         try:
-            segment_id = self._segment_id(waiting)
-            self._lookalike(waiting, segment_id, report)
+            segment_id = self._segment_id(advertiser, waiting)
+            self._lookalike(advertiser, waiting, segment_id, report)
             for plan in plans:
-                if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
+                if self._stop.is_set() or app.stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
                     break
-                if not self.budget.take():
+                if not app.budget.take():
                     report.counts["budget_waits"] += 1
-                    self._stop.set()
+                    app.stop.set()
                     break
-                segment_id = self._patch(plan, segment_id, waiting, report)
+                segment_id = self._patch(advertiser, plan, segment_id, waiting, report)
                 sent.add(id(plan))
         except SegmentOwnedElsewhere as error:
             report.counts["segment_ownership_conflicts"] += 1
             logger.error("segment owned by another deployment", extra={"reason": str(error)})
         except InvalidCredentials as error:
             report.counts["criteo_credentials_errors"] += 1
-            logger.error("Criteo credentials rejected: fix the Criteo secret", extra={"reason": str(error)})
-            self._stop.set()
+            logger.error(
+                "Criteo credentials rejected: fix the Criteo secret",
+                extra={"reason": str(error), "advertiser": advertiser.name},
+            )
+            app.stop.set()
         except CriteoError as error:
             report.counts["flush_failures"] += 1
             logger.warning("Criteo call failed; the changes wait in the outbox", extra={"reason": str(error)})
@@ -224,12 +242,14 @@ class Flusher:
             return sent, False
         return sent, True
 
-    def _patch(self, plan: PatchPlan, segment_id: str, waiting: Waiting, report: FlushReport) -> str:
+    def _patch(
+        self, advertiser: Advertiser, plan: PatchPlan, segment_id: str, waiting: Waiting, report: FlushReport
+    ) -> str:
         """One PATCH (a segment that vanished is looked up once more); returns the segment id used. A request
         Criteo refuses is parked in the DLQ with its reason."""
         gum_caller_id = self.options.gum_caller_id if plan.identifier_type == GUM else None
         patch = partial(
-            self.criteo.patch_contact_list,
+            advertiser.criteo.patch_contact_list,
             operation=plan.operation,
             identifier_type=plan.identifier_type,
             identifiers=plan.identifiers,
@@ -241,8 +261,8 @@ class Flusher:
             except SegmentGone:
                 if self._settings(waiting).segment_id:
                     raise  # the configured segment is gone: the changes wait until the setting is fixed
-                self.directory.forget(self._segment_name(waiting))
-                segment_id = self._segment_id(waiting)
+                advertiser.directory.forget(self._segment_name(waiting))
+                segment_id = self._segment_id(advertiser, waiting)
                 result = patch(segment_id)
         except RejectedRequest as error:
             self.dead_letters.send([parked_body(plan, waiting.name)], str(error))
@@ -260,37 +280,43 @@ class Flusher:
     def _segment_name(self, waiting: Waiting) -> str:
         return self._settings(waiting).segment_name or self.options.name_prefix + waiting.audience_key
 
-    def _segment_id(self, waiting: Waiting) -> str:
-        """The configured segment; else the one the audience was last sent to, renamed if its name in the
-        settings changed; else resolve (or create) it by name. Criteo calls made here are charged to the budget."""
+    def _segment_id(self, advertiser: Advertiser, waiting: Waiting) -> str:
+        """The configured segment; else the one the audience was last sent to in this advertiser's account,
+        renamed if its name in the settings changed; else resolve (or create) it by name. Criteo calls made
+        here are charged to the budget."""
         settings = self._settings(waiting)
+        if waiting.advertiser != advertiser.name:  # moved to another advertiser: its segments there are new
+            forgotten = {"advertiser": advertiser.name, "segment_id": "", "segment_name": "", "lookalike_id": ""}
+            self.outbox.remember(waiting.audience_key, forgotten)
+            waiting.advertiser, waiting.segment_id, waiting.segment_name, waiting.lookalike_id = forgotten.values()
         if settings.segment_id:
             return settings.segment_id
         name = self._segment_name(waiting)
         display = waiting.name or waiting.audience_key
         description = settings.description or f"Segment Engage audience {display} (synced by segment-criteo-sync)"
-        with self._charged():
+        with self._charged(advertiser):
             if waiting.segment_id and waiting.segment_name != name:
-                self.criteo.update_segment(waiting.segment_id, name=name)
-                self.directory.renamed(waiting.segment_name, name, waiting.segment_id)
+                advertiser.criteo.update_segment(waiting.segment_id, name=name)
+                advertiser.directory.renamed(waiting.segment_name, name, waiting.segment_id)
                 logger.info("renamed a Criteo segment", extra={"segment": name, "was": waiting.segment_name})
-            segment_id = self.directory.resolve(name, description)
+            segment_id = advertiser.directory.resolve(name, description)
         if (segment_id, name) != (waiting.segment_id, waiting.segment_name):
             self.outbox.remember(waiting.audience_key, {"segment_id": segment_id, "segment_name": name})
             waiting.segment_id, waiting.segment_name = segment_id, name
         return segment_id
 
+    @staticmethod
     @contextmanager
-    def _charged(self) -> Iterator[None]:
-        """Segment look-ups, one at a time, their Criteo calls charged to the budget once made."""
-        with self._resolving:
-            before = self.criteo.stats.total_calls
+    def _charged(advertiser: Advertiser) -> Iterator[None]:
+        """Segment look-ups, one at a time, their Criteo calls charged to the app's budget once made."""
+        with advertiser.resolving:
+            before = advertiser.criteo.stats.total_calls
             try:
                 yield
             finally:
-                self.budget.charge(self.criteo.stats.total_calls - before)
+                advertiser.app.budget.charge(advertiser.criteo.stats.total_calls - before)
 
-    def _lookalike(self, waiting: Waiting, seed_id: str, report: FlushReport) -> None:
+    def _lookalike(self, advertiser: Advertiser, waiting: Waiting, seed_id: str, report: FlushReport) -> None:
         """Create the audience's lookalike segment once, if its settings ask for one (a failure is tried again
         at its next flush and does not hold back its changes)."""
         wanted = self._settings(waiting).lookalike
@@ -299,8 +325,8 @@ class Flusher:
         name = wanted.segment_name or f"{self._segment_name(waiting)} (lookalike)"
         description = f"Lookalike of Segment Engage audience {waiting.name or waiting.audience_key}"
         try:
-            with self._charged():
-                lookalike_id = self.directory.lookalike(seed_id, name, description, wanted.target_size)
+            with self._charged(advertiser):
+                lookalike_id = advertiser.directory.lookalike(seed_id, name, description, wanted.target_size)
         except CriteoError as error:
             report.counts["lookalike_failures"] += 1
             logger.warning("lookalike segment not created; tried again next time", extra={"reason": str(error)})

@@ -86,6 +86,7 @@ def metrics_of(result: ParseResult, messages: int) -> dict[str, int]:
         "identifiers_dropped": sum(result.dropped.values()),
         "timestamps_clamped": result.clamped_timestamps,
         "consent_changes": result.consent_changes,
+        "rule_events": result.rule_events,
         "records_queued": len(result.changes),
         "messages_queued": messages,
     }

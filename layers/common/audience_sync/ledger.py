@@ -2,7 +2,8 @@
 audience's outbox is flushed), per user their consent, and the flusher lease.
 
 Items (`pk`, `sk`): (user, `a#<audience>`) a Membership (newest enter `e` and exit `x` versions, the held
-identifiers `ids`, `live`); (user, `c#`) the newest consent (`v`, `ok`); (`flusher`, `lock`) the lease of the
+identifiers `ids`, `live`, a suppression's hold `h`); (user, `c#`) the newest consent (`v`, `ok`); (user, `s#`)
+the newest suppression from every audience (`t`, `m`, `h`); (`flusher`, `lock`) the lease of the
 one flush running. An audience's lease is its outbox item (outbox.py). Users are
 hashes (see segment.user_key), so no user id is stored in clear; keying by user answers "which audiences is
 this user in" with one Query. See docs/design.md for the model and its cost.
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from audience_sync.errors import DependencyUnavailable
 from audience_sync.membership import Membership
+from audience_sync.records import REMOVE, AudienceChange
 from audience_sync.table import LEASE_KEPT_SECONDS, Table
 
 if TYPE_CHECKING:
@@ -29,6 +32,8 @@ LEFT_TTL_SECONDS = 15 * 24 * 3600
 FLUSHER_LEASE = "flusher"
 MEMBER = "a#"
 CONSENT = "c#"
+SUPPRESSED = "s#"
+RACE_ATTEMPTS = 5
 
 
 class Consent(NamedTuple):
@@ -37,6 +42,32 @@ class Consent(NamedTuple):
     version: str
     granted: bool
     pending: bool = False
+
+
+class Suppression(NamedTuple):
+    """A user's newest suppression from every audience, and the latest end of a cool-down among them."""
+
+    timestamp_ms: int
+    message_id: str
+    hold_until_ms: int
+
+    @property
+    def version(self) -> str:
+        """The version of the exit it stands for."""
+        return self.exit("", "").version
+
+    def exit(self, audience_key: str, user: str) -> AudienceChange:
+        """The exit it is in one audience."""
+        return AudienceChange(
+            audience_key, "", REMOVE, user, self.timestamp_ms, self.message_id, {}, self.hold_until_ms
+        )
+
+    def merged(self, other: Suppression | None) -> Suppression:
+        """The newer of two, holding as long as either."""
+        if other is None:
+            return self
+        newer = max(self, other, key=lambda s: s.version)
+        return newer._replace(hold_until_ms=max(self.hold_until_ms, other.hold_until_ms))
 
 
 class Ledger(Table):
@@ -75,6 +106,7 @@ class Ledger(Table):
                 exited=item.get("x", {}).get("S", ""),
                 held=Membership.decode_held(item["ids"]["S"]),
                 live=item["live"]["BOOL"],
+                hold_until=int(item.get("h", {}).get("N", "0")),
             )
         return found
 
@@ -96,7 +128,7 @@ class Ledger(Table):
 
     def save_memberships(self, audience_key: str, memberships: dict[str, Membership]) -> None:
         """Write memberships just applied; a user who is out expires after LEFT_TTL_SECONDS."""
-        expires = str(int(self.clock()) + LEFT_TTL_SECONDS)
+        expires = int(self.clock()) + LEFT_TTL_SECONDS
         items = []
         for user, membership in memberships.items():
             item: dict[str, Any] = {
@@ -109,10 +141,57 @@ class Ledger(Table):
                 item["e"] = {"S": membership.entered}
             if membership.exited:
                 item["x"] = {"S": membership.exited}
-            if not membership.is_in:
-                item["ttl"] = {"N": expires}
+            if membership.hold_until:
+                item["h"] = {"N": str(membership.hold_until)}
+            if not membership.is_in:  # kept while a hold lasts
+                item["ttl"] = {"N": str(max(expires, membership.hold_until // 1000 + LEFT_TTL_SECONDS))}
             items.append(item)
         self._put(items)
+
+    def suppressions(self, users: Iterable[str]) -> dict[str, Suppression]:
+        """The suppression from every audience stored per user (users never suppressed are absent)."""
+        return {
+            item["pk"]["S"]: Suppression(int(item["t"]["N"]), item["m"]["S"], int(item["h"]["N"]))
+            for item in self._get((u, SUPPRESSED) for u in dict.fromkeys(users))
+        }
+
+    def save_suppressions(self, suppressions: dict[str, Suppression]) -> None:
+        """Merge each user's suppression into the stored one (a read and a conditional write each, in
+        parallel: suppressions from every audience are rare). Kept while a late event could still arrive
+        (SQS keeps messages 14 days) and while its hold lasts."""
+        list(self._pool.map(self._suppress, suppressions.items()))
+
+    def _suppress(self, user_suppression: tuple[str, Suppression]) -> None:
+        user, suppression = user_suppression
+        for _ in range(RACE_ATTEMPTS):
+            stored = self.suppressions([user]).get(user)
+            merged = suppression.merged(stored)
+            if merged == stored:
+                return
+            expires = max(int(self.clock()), merged.hold_until_ms // 1000) + LEFT_TTL_SECONDS
+            item = {
+                "pk": {"S": user},
+                "sk": {"S": SUPPRESSED},
+                "t": {"N": str(merged.timestamp_ms)},
+                "m": {"S": merged.message_id},
+                "h": {"N": str(merged.hold_until_ms)},
+                "ttl": {"N": str(expires)},
+            }
+            if stored is None:
+                condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+            else:
+                condition = {
+                    "ConditionExpression": "m = :m AND h = :h AND t = :t",
+                    "ExpressionAttributeValues": {
+                        ":m": {"S": stored.message_id},
+                        ":h": {"N": str(stored.hold_until_ms)},
+                        ":t": {"N": str(stored.timestamp_ms)},
+                    },
+                }
+            put = partial(self.dynamodb.put_item, TableName=self.table, Item=item, **condition)
+            if self._conditional("PutItem", put) is not None:
+                return
+        raise DependencyUnavailable("a user's suppression kept changing under us")
 
     def save_consents(self, consents: dict[str, Consent]) -> None:
         """Write the newest consent per user."""

@@ -6,7 +6,9 @@ Pure rules, the same for any arrival order (see docs/design.md, "Per-user member
 - per identifier type, the identifiers held are those of the newest enters after the last exit that carry
   the type: a newer event replaces them (an email that changed), events at the same time add up (Engage
   sends one event per identifier); an empty list withdraws the type (a zero or limited-tracking madid);
-- Criteo holds the identifiers while the user is in and consent allows it (`live`).
+- Criteo holds the identifiers while the user is in and consent allows it (`live`);
+- a suppression's exit may hold enters back until a time (its cool-down): an enter dated before the latest
+  such time does not count, whenever it arrives.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from audience_sync.records import ADD, REMOVE, AudienceChange
+from audience_sync.records import ADD, REMOVE, VERSION_OFFSET_MS, AudienceChange
 
 # identifier type -> (event time of the identifiers held, {identifier: version of the event that carried it})
 HeldIdentifiers = dict[str, tuple[int, dict[str, str]]]
@@ -29,11 +31,14 @@ class Membership:
     exited: str = ""  # newest exit version ("" = none)
     held: HeldIdentifiers = field(default_factory=dict)
     live: bool = False  # Criteo holds `held` (the user was in, with consent, when last applied)
+    hold_until: int = 0  # ms: enters dated before this are held back (a suppression's cool-down)
 
     @property
     def is_in(self) -> bool:
-        """Whether the user is a member: the newest enter beats the newest exit."""
-        return self.entered > self.exited
+        """Whether the user is a member: the newest enter beats the newest exit and is not held back."""
+        if self.entered <= self.exited:
+            return False
+        return not self.hold_until or int(self.entered[:15]) - VERSION_OFFSET_MS >= self.hold_until
 
     def sent(self) -> ByType:
         """The identifiers Criteo holds for this user, by type."""
@@ -49,7 +54,10 @@ class Membership:
             self.entered = max(self.entered, version)
             if version > self.exited:
                 self._hold(change, version)
-        elif change.operation == REMOVE and version > self.exited:
+        elif change.operation == REMOVE:
+            self.hold_until = max(self.hold_until, change.hold_until_ms)
+            if version <= self.exited:
+                return
             self.exited = version
             self.held = {
                 id_type: (at, kept)

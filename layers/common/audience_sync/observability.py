@@ -36,6 +36,7 @@ INGEST_METRICS = frozenset(
         "identifiers_dropped",
         "timestamps_clamped",
         "consent_changes",
+        "rule_events",
         "records_queued",
         "messages_queued",
         "bad_requests",
@@ -47,6 +48,8 @@ INGEST_METRICS = frozenset(
 INGEST_METRIC_PREFIXES = ("rejected_", "dropped_")  # + a reason, e.g. rejected_no_user, dropped_zero_madid
 SYNC_METRICS = frozenset(
     {
+        "suppressions_everywhere",
+        "suppression_rechecks",
         "messages_in",
         "records_in",
         "failed_messages",

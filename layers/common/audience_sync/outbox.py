@@ -10,7 +10,8 @@ Items in the ledger's table:
   orders its entries; what is waiting: `first` (oldest change queued; absent: nothing waits), `last` (last
   append), `name` (Segment's display name), `n_<op>_<type>` (identifiers appended, an upper bound),
   `fails` and `retry` (backoff after a failed call); `segment_id` and `segment_name`, the Criteo segment
-  the flusher last sent the audience to (a new name in the settings renames it), and `lookalike_id`.
+  the flusher last sent the audience to (a new name in the settings renames it), `lookalike_id`, and the
+  `advertiser` whose account they are in.
   Releasing the lease and counting an entry are one write. The item never expires while something waits
   (`seq` must keep growing); idle, it expires after an hour.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from audience_sync.audience_config import DEFAULT_ADVERTISER
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.plan import Entry
 from audience_sync.records import REMOVE
@@ -56,6 +58,7 @@ class Waiting:
     segment_id: str = ""  # the Criteo segment last sent to, and its name then
     segment_name: str = ""
     lookalike_id: str = ""  # the lookalike segment seeded from it, once created
+    advertiser: str = DEFAULT_ADVERTISER  # whose account those segments are in
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,8 @@ class Outbox(Table):
         return False
 
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
-        """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`)."""
+        """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`,
+        `advertiser`)."""
         names = {f"#{i}": name for i, name in enumerate(attributes)}
         values = {f":{i}": {"S": value} for i, value in enumerate(attributes.values())}
         expression = "SET " + ", ".join(f"#{i} = :{i}" for i in range(len(attributes)))
@@ -330,6 +334,7 @@ def _waiting(item: Item) -> Waiting:
         segment_id=item.get("segment_id", {}).get("S", ""),
         segment_name=item.get("segment_name", {}).get("S", ""),
         lookalike_id=item.get("lookalike_id", {}).get("S", ""),
+        advertiser=item.get("advertiser", {}).get("S", DEFAULT_ADVERTISER),
     )
 
 

@@ -4,7 +4,8 @@ A message body is `{"v": 2, "r": [[audience, name, op, user, tsMs, messageId, {i
 one record per Segment event, many records per message, because SQS bills (and moto slows) per message.
 `user` is a hash of Segment's userId (else anonymousId), so no user id travels or is stored in clear.
 Operations: `add`/`remove` (an audience's enter/exit) and `grant`/`deny` (consent, for every audience of
-the user; audience and name are empty).
+the user; audience and name are empty). A `remove` made by a suppression rule may carry an eighth field,
+`holdUntilMs` (enters before then are held back), and audience `*` (every audience the ledger holds the user in).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ REMOVE = "remove"
 GRANT = "grant"
 DENY = "deny"
 MEMBERSHIP_OPERATIONS = frozenset({ADD, REMOVE})
+ALL_AUDIENCES = "*"  # the audience of a suppression's exit from every audience the ledger holds the user in
 CONSENT_OPERATIONS = frozenset({GRANT, DENY})
 FORMAT_VERSION = 2
 # Versions are fixed-width so that string order is time order for any date (before 1970 too).
@@ -39,6 +41,7 @@ class AudienceChange(NamedTuple):
     timestamp_ms: int
     message_id: str
     identifiers: Identifiers
+    hold_until_ms: int = 0  # a suppression's cool-down: enters dated before this don't count
 
     @property
     def version(self) -> str:
@@ -68,7 +71,7 @@ def pack_parked(parked: Parked) -> str:
 
 def _encode(change: AudienceChange) -> str:
     # ASCII-only JSON: byte size = length, and lone surrogates from the input survive as escapes.
-    return json.dumps(list(change), separators=(",", ":"))
+    return json.dumps(list(change) if change.hold_until_ms else list(change)[:7], separators=(",", ":"))
 
 
 def pack_changes(changes: Iterable[AudienceChange], max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[str]:
@@ -104,7 +107,7 @@ def _valid_identifiers(value: object) -> bool:
 def _valid_row(row: object) -> bool:
     # One flat check per row (no generator, no all()): this runs for every record of every batch.
     if type(row) is not list or len(row) != 7:
-        return False
+        return _valid_hold(row)
     audience, name, operation, user, timestamp, message_id, identifiers = row
     if type(audience) is not str or type(name) is not str or type(user) is not str or not user:
         return False
@@ -113,6 +116,13 @@ def _valid_row(row: object) -> bool:
     if operation in MEMBERSHIP_OPERATIONS:
         return bool(audience) and _valid_identifiers(identifiers)
     return operation in CONSENT_OPERATIONS and not audience and identifiers == {}
+
+
+def _valid_hold(row: object) -> bool:
+    """A suppression's exit: seven fields and a hold time."""
+    if type(row) is not list or len(row) != 8 or type(row[7]) is not int or row[7] < 0 or row[2] != REMOVE:
+        return False
+    return _valid_row(row[:7])
 
 
 def unpack(body: str) -> list[AudienceChange] | Parked:
@@ -150,5 +160,7 @@ def _changes(document: object) -> list[AudienceChange]:
     for row in document["r"]:
         if not _valid_row(row):
             raise PoisonMessage(f"record {len(changes)} is malformed")
+        if len(row) == 7:
+            row.append(0)  # no hold
         changes.append(make(row))
     return changes

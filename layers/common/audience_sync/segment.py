@@ -6,11 +6,12 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from audience_sync.audience_config import Rule
 from audience_sync.identifiers import (
     EMAIL,
     GUM,
@@ -64,6 +65,7 @@ class ParseResult:
     dropped: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     clamped_timestamps: int = 0
     consent_changes: int = 0
+    rule_events: int = 0  # ordinary track events a rule turned into changes
 
 
 def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -193,8 +195,14 @@ class ParserSettings:
 class SegmentEventParser:
     """Validates events and turns each into the changes it asks for (membership and consent)."""
 
-    def __init__(self, settings: ParserSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: ParserSettings,
+        clock: Callable[[], float] = time.time,
+        rules: Callable[[], Mapping[str, Rule]] = dict,
+    ) -> None:
         self.settings = settings
+        self.rules = rules  # the current rules by event name (read only for track events Engage did not send)
         self.paths = {t: p for t, p in _IDENTIFIER_PATHS.items() if t in settings.identifier_types}
         self.clock = clock
 
@@ -231,6 +239,10 @@ class SegmentEventParser:
         try:
             audience_key, operation = _audience_and_operation(event)
         except EventIgnored:
+            name = event.get("event")
+            rule = self.rules().get(name) if event.get("type") == "track" and isinstance(name, str) else None
+            if rule is not None:
+                return self._rule_changes(rule, event, user, message_id, consent, result)
             if consent is None or user is None:
                 raise
             timestamp_ms = self._timestamp_ms(event, result)
@@ -254,6 +266,36 @@ class SegmentEventParser:
         name = display.strip()[:MAX_KEY_LENGTH] if isinstance(display, str) else ""
         # An exit needs no identifier: the ledger removes everything it holds for the user.
         changes = [AudienceChange(audience_key, name, operation, user, timestamp_ms, message_id, identifiers)]
+        if consent is not None:
+            result.consent_changes += 1
+            changes.append(AudienceChange("", "", consent, user, timestamp_ms, message_id, {}))
+        return changes
+
+    def _rule_changes(
+        self,
+        rule: Rule,
+        event: dict[str, Any],
+        user: str | None,
+        message_id: str,
+        consent: str | None,
+        result: ParseResult,
+    ) -> list[AudienceChange]:
+        """A rule's changes: its exits (holding re-entry back for the cool-down), then its enter, all dated
+        like the event, so the ledger orders them with every other change of the user."""
+        if user is None:
+            raise EventRejected("no_user", "neither `userId` nor `anonymousId` is present")
+        timestamp_ms = self._timestamp_ms(event, result)
+        hold = timestamp_ms + rule.cool_down_seconds * 1000 if rule.cool_down_seconds else 0
+        changes = [
+            AudienceChange(key, "", REMOVE, user, timestamp_ms, message_id, {}, hold) for key in rule.remove_from
+        ]
+        if rule.add_to:
+            identifiers = self._identifiers_of(event, rule.add_to, ADD, result)
+            if not identifiers:
+                detail = f"no usable identifier of {sorted(self.paths)} to enter {rule.add_to!r}"
+                raise EventRejected("no_identifier", detail, rule.add_to, ADD)
+            changes.append(AudienceChange(rule.add_to, "", ADD, user, timestamp_ms, message_id, identifiers))
+        result.rule_events += 1
         if consent is not None:
             result.consent_changes += 1
             changes.append(AudienceChange("", "", consent, user, timestamp_ms, message_id, {}))

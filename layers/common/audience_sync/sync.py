@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from audience_sync.errors import DependencyUnavailable
-from audience_sync.ledger import Consent, Ledger
+from audience_sync.ledger import Consent, Ledger, Suppression
 from audience_sync.membership import ByType, Membership, difference
 from audience_sync.observability import logger
 from audience_sync.outbox import Outbox
@@ -16,6 +16,7 @@ from audience_sync.plan import Entry, outbox_entry
 from audience_sync.queue import QueueWriter
 from audience_sync.records import (
     ADD,
+    ALL_AUDIENCES,
     CONSENT_OPERATIONS,
     GRANT,
     REMOVE,
@@ -97,12 +98,15 @@ class AudienceSync:
         dead_letters: DeadLetters,
         options: SyncOptions,
         seconds_left: Callable[[], float],
+        suppressions: bool = False,
     ) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.dead_letters = dead_letters
         self.options = options
         self.seconds_left = seconds_left
+        # A rule suppresses users from every audience: enters are checked against their stored suppression.
+        self.suppressions = suppressions
         self.redelivered: frozenset[str] = frozenset()
 
     def run(
@@ -125,14 +129,20 @@ class AudienceSync:
         self.redelivered = frozenset(m for m, count in (receive_counts or {}).items() if count > 1)
         by_audience: dict[str, UserChanges] = {}
         consent_items: list[Sourced] = []
+        everywhere: list[Sourced] = []
         items, parked = self._decode(messages, queued or {}, report)
         for message_id, entry in parked:
             self._put_back(message_id, entry, report)
         for item in items:
             if item.change.operation in CONSENT_OPERATIONS:
                 consent_items.append(item)
+            elif item.change.audience_key == ALL_AUDIENCES:
+                everywhere.append(item)
             else:
                 by_audience.setdefault(item.change.audience_key, {}).setdefault(item.change.user, []).append(item)
+        if everywhere:
+            self._suppress_everywhere(everywhere, by_audience, report)
+        suppressed = self._add_stored_suppressions(by_audience, report) if self.suppressions else {}
         evaluated = self._apply_consent(consent_items, by_audience, report)
         consents = self._read_consents(by_audience, report)
         if consents is None:
@@ -145,6 +155,8 @@ class AudienceSync:
             recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
         if self.options.consent_required:
             self._recheck_consent(recheck, consents, report)
+        if self.suppressions:
+            self._recheck_suppressions(by_audience, suppressed, consents, report)
         if evaluated:
             self._settle_consent(evaluated, report)
         return report
@@ -205,6 +217,75 @@ class AudienceSync:
             return
         report.counts["parked_patches_put_back"] += 1
 
+    def _suppress_everywhere(
+        self, items: list[Sourced], by_audience: dict[str, UserChanges], report: SyncReport
+    ) -> None:
+        """Store each user's suppression from every audience (so an older enter arriving later is held back
+        too), then add its exit to every audience the ledger holds the user in."""
+        newest: dict[str, Suppression] = {}
+        for item in items:
+            change = item.change
+            suppression = Suppression(change.timestamp_ms, change.message_id, change.hold_until_ms)
+            newest[change.user] = suppression.merged(newest.get(change.user))
+        try:
+            self.ledger.save_suppressions(newest)
+            audiences = self.ledger.audiences_of_users(newest)
+        except DependencyUnavailable as error:
+            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            report.hand_back((i.message_id for i in items), "membership ledger unavailable")
+            return
+        report.counts["suppressions_everywhere"] += len(items)
+        for item in items:
+            for audience_key in audiences[item.change.user]:
+                exit_ = Sourced(item.change._replace(audience_key=audience_key), item.message_id, item.queued)
+                by_audience.setdefault(audience_key, {}).setdefault(item.change.user, []).append(exit_)
+
+    def _add_stored_suppressions(
+        self, by_audience: dict[str, UserChanges], report: SyncReport
+    ) -> dict[str, Suppression | None]:
+        """Fold each entering user's stored suppression into their audiences with them (an enter older than
+        it, arriving after it, stays out; folding it again changes nothing). Returns what was read per
+        entering user, for `_recheck_suppressions`."""
+        entering = _entering(by_audience)
+        if not entering:
+            return {}
+        try:
+            stored = self.ledger.suppressions(entering)
+        except DependencyUnavailable as error:
+            _unavailable(report, by_audience, error)
+            by_audience.clear()
+            return {}
+        _fold_suppressions(by_audience, stored)
+        return {user: stored.get(user) for user in entering}
+
+    def _recheck_suppressions(
+        self,
+        by_audience: dict[str, UserChanges],
+        used: dict[str, Suppression | None],
+        consents: dict[str, Consent],
+        report: SyncReport,
+    ) -> None:
+        """Re-read the suppressions of the entering users once their audiences are saved, and apply again, under
+        the lease, the audiences of those suppressed meanwhile by another invocation (which either finds the
+        new membership in its Query, or is found here: the same guarantee as the consent re-check)."""
+        if not used:
+            return
+        try:
+            fresh = self.ledger.suppressions(used)
+        except DependencyUnavailable as error:
+            _unavailable(report, by_audience, error)
+            return
+        moved = {user: s for user in used if (s := fresh.get(user)) is not None and s != used[user]}
+        report.counts["suppression_rechecks"] += len(moved)
+        again = {
+            audience_key: {u: list(items) for u, items in users.items() if u in moved}
+            for audience_key, users in by_audience.items()
+        }
+        _fold_suppressions(again, moved)
+        for audience_key, users in sorted(again.items()):
+            if users:
+                self._sync_audience(audience_key, users, consents, report)
+
     def _apply_consent(
         self, items: list[Sourced], by_audience: dict[str, UserChanges], report: SyncReport
     ) -> dict[str, tuple[Sourced, str]]:
@@ -258,8 +339,7 @@ class AudienceSync:
         try:
             return self.ledger.consents(user for users in by_audience.values() for user in users)
         except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back((i.message_id for u in by_audience.values() for x in u.values() for i in x), str(error))
+            _unavailable(report, by_audience, error)
             return None
 
     def _settle_consent(self, evaluated: dict[str, tuple[Sourced, str]], report: SyncReport) -> None:
@@ -368,8 +448,7 @@ class AudienceSync:
         try:
             fresh = self.ledger.consents(users)
         except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back((i.message_id for a in recheck.values() for x in a.values() for i in x), str(error))
+            _unavailable(report, recheck, error)
             return
         moved = {u for u in users if getattr(fresh.get(u), "version", None) != getattr(used.get(u), "version", None)}
         report.counts["consent_rechecks"] += len(moved)
@@ -382,6 +461,35 @@ class AudienceSync:
     def _display_name(users: UserChanges) -> str | None:
         names = (i.change.audience_name for items in users.values() for i in items if i.change.audience_name)
         return next(names, None)
+
+
+def _unavailable(report: SyncReport, changes: Mapping[str, UserChanges], error: DependencyUnavailable) -> None:
+    """The ledger failed: say so, and hand back every message with a change in `changes`."""
+    logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+    report.hand_back(
+        (i.message_id for users in changes.values() for items in users.values() for i in items), str(error)
+    )
+
+
+def _entering(by_audience: dict[str, UserChanges]) -> set[str]:
+    """The users with an enter among their changes."""
+    return {
+        user
+        for users in by_audience.values()
+        for user, items in users.items()
+        if any(item.change.operation == ADD for item in items)
+    }
+
+
+def _fold_suppressions(by_audience: dict[str, UserChanges], suppressions: Mapping[str, Suppression]) -> None:
+    """Add each user's suppression, as an exit, to their changes in every audience (attributed to the message
+    of their first change there)."""
+    for audience_key, users in by_audience.items():
+        for user, items in users.items():
+            suppression = suppressions.get(user)
+            if suppression is not None:
+                first = items[0]
+                items.append(Sourced(suppression.exit(audience_key, user), first.message_id, first.queued))
 
 
 def carried_by_exits(items: list[Sourced]) -> ByType:
