@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -264,3 +266,14 @@ def test_an_advertiser_the_settings_do_not_declare_is_a_configuration_error() ->
     with pytest.raises(ConfigError, match=r"advertisers\.eu\.calls_per_minute: must be a whole number"):
         parse('{"advertisers": {"eu": {"calls_per_minute": 0}}}')
     assert parse('{"advertisers": {"eu": {"calls_per_minute": 50}}}').calls_per_minute == {"eu": 50}
+
+
+def test_the_documented_examples_are_valid_documents() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "docs/audience-settings.md"):
+        text = (root / doc).read_text()
+        blocks = [b for b in re.findall(r"```json\n(.*?)```", text, re.DOTALL) if '"audiences"' in b]
+        assert blocks, doc
+        for block in blocks:
+            config = parse(block)
+            assert config.audiences and config.rules and config.calls_per_minute, doc
