@@ -65,7 +65,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy layers/common functions devtools bench
+	$(BIN)/mypy layers/common functions devtools bench segment_criteo
 
 # pytest-xdist, one worker per core (PYTEST_WORKERS=0: none). Each worker starts its own moto server and Criteo
 # emulator on free ports (tests/conftest.py). The `docker` tests (sam local invoke) bind the fixed ports 4566 and

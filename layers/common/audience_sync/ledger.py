@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -42,6 +42,16 @@ class Consent(NamedTuple):
     version: str
     granted: bool
     pending: bool = False
+
+
+def _membership(item: dict[str, Any]) -> Membership:
+    return Membership(
+        entered=item.get("e", {}).get("S", ""),
+        exited=item.get("x", {}).get("S", ""),
+        held=Membership.decode_held(item["ids"]["S"]),
+        live=item["live"]["BOOL"],
+        hold_until=int(item.get("h", {}).get("N", "0")),
+    )
 
 
 class Suppression(NamedTuple):
@@ -101,14 +111,26 @@ class Ledger(Table):
         """Each user's membership of the audience (strongly consistent); absent users get an empty one."""
         found = {user: Membership() for user in users}
         for item in self._get([(user, MEMBER + audience_key) for user in found]):
-            found[item["pk"]["S"]] = Membership(
-                entered=item.get("e", {}).get("S", ""),
-                exited=item.get("x", {}).get("S", ""),
-                held=Membership.decode_held(item["ids"]["S"]),
-                live=item["live"]["BOOL"],
-                hold_until=int(item.get("h", {}).get("N", "0")),
-            )
+            found[item["pk"]["S"]] = _membership(item)
         return found
+
+    def scan_memberships(self, audiences: Iterable[str] | None = None) -> Iterator[tuple[str, str, Membership]]:
+        """(audience, user, membership) for every membership in the ledger, or of these audiences: a Scan of the
+        whole table (strongly consistent), for operators' commands, never on the sync's path."""
+        wanted = None if audiences is None else {MEMBER + a for a in audiences}
+        pages = self.dynamodb.get_paginator("scan").paginate(
+            TableName=self.table,
+            ConsistentRead=True,
+            FilterExpression="begins_with(sk, :member)",
+            ExpressionAttributeValues={":member": {"S": MEMBER}},
+        )
+        try:
+            for page in pages:
+                for item in page["Items"]:
+                    if wanted is None or item["sk"]["S"] in wanted:
+                        yield item["sk"]["S"][len(MEMBER) :], item["pk"]["S"], _membership(item)
+        except (ClientError, BotoCoreError) as error:
+            raise DependencyUnavailable(f"DynamoDB Scan failed: {type(error).__name__}") from None
 
     def consents(self, users: Iterable[str]) -> dict[str, Consent]:
         """The newest consent known per user (users never seen with consent information are absent)."""

@@ -187,6 +187,16 @@ class CriteoClient:
         )
         return dict(document["data"]["attributes"])
 
+    def empty_contact_list(self, segment_id: str) -> None:
+        """Remove every member of a contact list (Criteo keeps the segment, its id and its lookalikes)."""
+        self._call("delete", "DELETE", f"/audience-segments/{segment_id}/contact-list")
+
+    def statistics(self, segment_id: str) -> dict[str, Any]:
+        """A contact list's counts: `numberOfIdentifiers`, `numberOfMatches`, `matchRate` (Criteo needs up
+        to 24 h to show them)."""
+        document = self._call("statistics", "GET", f"/audience-segments/{segment_id}/contact-list/statistics")
+        return dict((document.get("data") or {}).get("attributes") or {})
+
     # --- transport --------------------------------------------------------------------------------
 
     def _token(self) -> str:

@@ -1,0 +1,1 @@
+"""The operator command line of segment-criteo-sync (`segment-criteo --help`)."""

@@ -1,0 +1,86 @@
+"""`status`: per audience, what the ledger says Criteo should hold, what waits, and what Criteo reports."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from audience_sync.criteo.errors import CriteoError
+from audience_sync.criteo.segments import owner
+from segment_criteo.deployment import Deployment
+from segment_criteo.dlq import parked_reasons
+
+
+@dataclass
+class AudienceStatus:
+    """One audience."""
+
+    audience: str
+    advertiser: str
+    segment_name: str
+    segment_id: str
+    users_in: int = 0  # members by the ledger
+    users_sent: int = 0  # members Criteo holds identifiers of (consent allowing)
+    identifiers: dict[str, int] = field(default_factory=dict)  # by type, as Criteo should hold them
+    pending: int = 0  # identifier changes waiting in the outbox (an upper bound)
+    oldest_pending_seconds: int = 0
+    paused: bool = False
+    last_applied: float | None = None  # when the sync last applied a batch to it (unix time; idle > 1 h: None)
+    criteo: dict[str, Any] = field(default_factory=dict)  # numberOfIdentifiers, numberOfMatches, matchRate
+    lookalike_id: str = ""
+
+
+def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[str, Any]:
+    """Every audience (or those named) with the dead-letter queue's messages by reason."""
+    wanted = set(audiences) if audiences else None
+    rows: dict[str, AudienceStatus] = {}
+    identifiers: dict[str, Counter[str]] = {}
+    in_ledger: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
+    for audience, _, membership in deployment.ledger.scan_memberships(wanted):
+        in_ledger[audience] += membership.is_in
+        held = membership.sent()
+        sent[audience] += bool(held)
+        counted = identifiers.setdefault(audience, Counter())
+        for id_type, values in held.items():
+            counted[id_type] += len(values)
+    waiting = {w.audience_key: w for w in deployment.outbox.waiting() if wanted is None or w.audience_key in wanted}
+    names = (set(identifiers) | set(waiting) | set(deployment.config.audiences)) if wanted is None else wanted
+    synced = deployment.outbox.last_synced(names)
+    now = time.time()
+    for audience, segment in deployment.segments(names).items():
+        row = AudienceStatus(audience, segment.advertiser, segment.name, segment.id)
+        row.users_in, row.users_sent = in_ledger[audience], sent[audience]
+        row.identifiers = dict(sorted(identifiers.get(audience, Counter()).items()))
+        row.paused = deployment.config.settings(audience).paused
+        row.last_applied = synced.get(audience)
+        if audience in waiting:
+            row.pending = sum(waiting[audience].counts.values())
+            row.oldest_pending_seconds = int(now - waiting[audience].first)
+        rows[audience] = row
+    _from_criteo(deployment, rows)
+    return {
+        "audiences": [asdict(r) for r in sorted(rows.values(), key=lambda r: r.audience)],
+        **parked_reasons(deployment.target),
+    }
+
+
+def _from_criteo(deployment: Deployment, rows: dict[str, AudienceStatus]) -> None:
+    """Criteo's statistics of each segment, and the lookalike seeded from it (one search per advertiser)."""
+    lookalikes: dict[str, dict[str, str]] = {}
+    for row in rows.values():
+        if not row.segment_id:
+            continue
+        client = deployment.criteo(row.advertiser)
+        try:
+            if row.advertiser not in lookalikes:
+                found = client.search_segments("Lookalike")
+                lookalikes[row.advertiser] = {
+                    s.seed: s.id for s in found if owner(s.description) == deployment.target.deployment
+                }
+            row.lookalike_id = lookalikes[row.advertiser].get(row.segment_id, "")
+            row.criteo = client.statistics(row.segment_id)
+        except CriteoError as error:
+            row.criteo = {"error": str(error)}
