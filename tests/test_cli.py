@@ -13,6 +13,7 @@ import pytest
 
 from audience_sync.records import unpack_changes
 from devtools.gateway import LocalGateway
+from devtools.lambda_runtime import FakeContext
 from segment_criteo import resync
 from segment_criteo.cli import main
 from segment_criteo.deployment import Deployment
@@ -244,3 +245,18 @@ def test_check_passes_on_a_working_deployment_and_names_what_is_broken(
 def test_a_deployment_that_is_not_named_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status"]) == 2
     assert "--stack NAME" in capsys.readouterr().err
+
+
+def test_the_hourly_schedule_reads_criteos_match_statistics_into_metrics(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synced(stack, enter("m1", "cart", "u1", madid=MADID), enter("m2", "cart", "u2"), enter("m3", "vip", "u3"))
+    stack.criteo.add_foreign_segment("not ours", advertiser_id=stack.criteo.advertiser_id)  # not measured
+    capsys.readouterr()
+    answer = stack.sync.handler({"match_statistics": True}, FakeContext(60))
+    assert answer == {"segments_measured": 2, "match_rate_percent": 100}
+    metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    (emitted,) = [m for m in metrics if "segment_identifiers" in m]
+    figures = (emitted["segment_identifiers"], emitted["segment_matches"], emitted["lowest_match_rate_percent"])
+    assert figures == ([4.0], [4.0], [100.0])  # EMF lists the values
+    assert stack.criteo.count("statistics") == 2

@@ -73,6 +73,7 @@ from devtools.deploy_check import (
 )
 from devtools.local_aws import DEV_CRITEO, MotoServer, local_client
 from devtools.poller import SCHEDULED_EVENT
+from segment_criteo.target import TargetError, from_stack
 from tests.segment_events import sha, signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -539,3 +540,29 @@ def test_the_roles_allow_the_settings_and_advertiser_secrets_the_code_reads(depl
     parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{ingest_env['AUDIENCE_CONFIG_PARAMETER']}"
     assert ingest_env["AUDIENCE_CONFIG_PARAMETER"] == sync_env["AUDIENCE_CONFIG_PARAMETER"]
     assert allows(deployed.policies("IngestFunction"), "ssm:GetParameter", parameter)
+
+
+@pytest.mark.sam
+def test_the_operator_command_finds_the_deployment_by_stack_name(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`segment-criteo --stack NAME` reads what it needs from the stack's outputs and parameters."""
+    for name, value in (
+        ("AWS_ENDPOINT_URL", deployed.moto.endpoint),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ):
+        monkeypatch.setenv(name, value)
+    target = from_stack(STACK_NAME, REGION)
+    outputs = deployed.stack.outputs
+    sync_env = deployed.configuration("AudienceSyncFunction")["Environment"]["Variables"]
+    assert (target.ledger_table, target.queue_url, target.dead_letter_queue_url) == (
+        sync_env["LEDGER_TABLE"],
+        outputs["AudienceChangesQueueUrl"],
+        outputs["DeadLetterQueueUrl"],
+    )
+    assert target.advertiser_secret_prefix == sync_env["ADVERTISER_SECRET_PREFIX"]
+    assert target.settings_parameter == sync_env["AUDIENCE_CONFIG_PARAMETER"] and target.deployment == STACK_NAME
+    assert target.secret_of("default") == outputs["CriteoCredentialsSecretArn"]
+    with pytest.raises(TargetError, match="not found"):
+        from_stack("no-such-stack", REGION)

@@ -4,6 +4,7 @@ what is ready; the schedule's invocations (every minute) only flush, for as long
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -20,6 +21,7 @@ from audience_sync.criteo.auth import CriteoCredentials
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
 from audience_sync.ledger import Ledger
+from audience_sync.match_statistics import measure
 from audience_sync.observability import client_config, logger, metrics
 from audience_sync.outbox import Outbox
 from audience_sync.queue import QueueWriter
@@ -91,17 +93,7 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
     stop_at = time.monotonic() + keep_flushing_seconds
     if seconds_left() < SAFETY_SECONDS or not ledger.acquire_flusher():
         return {}
-
-    def connect(advertiser: str) -> CriteoClient | None:
-        credentials = load_credentials(advertiser)
-        if credentials is None:
-            return None
-        return CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
-
-    def app_budget(client_id: str, calls_per_minute: int) -> CallBudget:
-        return CallBudget(dynamodb, settings.ledger_table, calls_per_minute, app=app_key(client_id))
-
-    advertisers = Advertisers(connect, app_budget, options.deployment, options.adopt_segments)
+    advertisers = advertisers_for(seconds_left)
     try:
         flusher = Flusher(
             advertisers, outbox, dead_letters, options, policy, seconds_left, config=audience_config.current
@@ -125,6 +117,34 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         **advertisers.call_counts(),
         "audience_config_refused": audience_config.refused - refused,
     }
+
+
+def advertisers_for(seconds_left: Callable[[], float]) -> Advertisers:
+    """This invocation's advertisers: clients from their secrets, one budget per Criteo app."""
+
+    def connect(advertiser: str) -> CriteoClient | None:
+        credentials = load_credentials(advertiser)
+        if credentials is None:
+            return None
+        return CriteoClient(session, settings.criteo_base_url, settings.criteo_api_version, credentials, seconds_left)
+
+    def app_budget(client_id: str, calls_per_minute: int) -> CallBudget:
+        return CallBudget(dynamodb, settings.ledger_table, calls_per_minute, app=app_key(client_id))
+
+    return Advertisers(connect, app_budget, options.deployment, options.adopt_segments)
+
+
+def match_statistics(context: LambdaContext) -> dict[str, int]:
+    """The hourly schedule: Criteo's match statistics of our segments, as metrics."""
+    advertisers = advertisers_for(lambda: context.get_remaining_time_in_millis() / 1000.0)
+    counts = measure(
+        advertisers,
+        audience_config.current(),
+        options.deployment,
+        settings.criteo_calls_per_minute,
+        lambda: context.get_remaining_time_in_millis() / 1000.0,
+    )
+    return {**counts, "criteo_credentials_errors": len(advertisers.unreadable())}
 
 
 def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any], dict[str, int]]:
@@ -156,10 +176,15 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
         answer, counts = apply(event, context)
         counts.update(flush(context, keep_flushing_seconds=0))
+    elif event.get("match_statistics"):
+        counts = match_statistics(context)
+        answer = {key: counts[key] for key in ("segments_measured", "match_rate_percent")}
     else:
         counts = flush(context, keep_flushing_seconds=settings.flush_seconds)
         answer = {key: counts[key] for key in ("outbox_audiences",) if key in counts}
     for name, value in counts.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    logger.info("batch synced" if "Records" in event else "outbox flushed", extra=counts)
+        unit = MetricUnit.Percent if name.endswith("_percent") else MetricUnit.Count
+        metrics.add_metric(name=name, unit=unit, value=value)
+    done = "batch synced" if "Records" in event else "match statistics read" if "segments_measured" in counts else ""
+    logger.info(done or "outbox flushed", extra=counts)
     return answer

@@ -48,6 +48,13 @@ INGEST_METRICS = frozenset(
 INGEST_METRIC_PREFIXES = ("rejected_", "dropped_")  # + a reason, e.g. rejected_no_user, dropped_zero_madid
 SYNC_METRICS = frozenset(
     {
+        "segments_measured",
+        "segment_identifiers",
+        "segment_matches",
+        "match_rate_percent",
+        "lowest_match_rate_percent",
+        "match_statistics_skipped",
+        "match_statistics_failures",
         "suppressions_everywhere",
         "suppression_rechecks",
         "messages_in",
