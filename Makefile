@@ -23,7 +23,7 @@ LAMBDA_ARCH ?= $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 # One line per stage with the elapsed time, a line every 25 packages resolved, and one every 30 s of silence;
 # pip's full output goes to .venv/pip-install.log (its tail is shown if the install fails).
 SETUP_MINUTES := 1-3 minutes
-$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt
+$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt pyproject.toml
 	@test -n "$(PYTHON313)" || { echo "python3.13 is required (pyenv install 3.13, or put python3.13 on PATH)"; exit 1; }
 	@set -o pipefail; start=$$(date +%s); log=$(VENV)/pip-install.log; \
 	say() { printf '[setup %4ss] %s\n' "$$(( $$(date +%s) - start ))" "$$*"; }; \
