@@ -22,8 +22,8 @@ FUNCTIONS = {"ingest": ROOT / "functions" / "ingest" / "app.py", "sync": ROOT / 
 class FakeContext:
     """The parts of LambdaContext the handlers and Powertools use."""
 
+    timeout_seconds: float = 300.0  # first: FakeContext(8) is an 8-second invocation
     function_name: str = "local"
-    timeout_seconds: float = 300.0
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:local"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
