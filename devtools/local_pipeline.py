@@ -29,6 +29,7 @@ from werkzeug.wrappers import Request
 from devtools.lambda_runtime import LAYER
 from devtools.local_aws import DEV_WEBHOOK_SECRET
 from devtools.local_stack import LocalStack, PortInUse, StackSettings, SyncBatch
+from segment_criteo.dlq import peek
 
 sys.path.insert(0, str(LAYER))
 from audience_sync.webhook_auth import signature_of
@@ -131,24 +132,7 @@ def generated_load(url: str, events: int, audiences: int = 20, seed: int = 1) ->
 
 def dead_letters(stack: LocalStack) -> Counter[str]:
     """Reasons of the messages parked in the DLQ (peeked, left in place)."""
-    sqs = stack.aws.client("sqs")
-    reasons: Counter[str] = Counter()
-    seen: set[str] = set()
-    for _ in range(100):
-        messages = sqs.receive_message(
-            QueueUrl=stack.aws.dead_letter_queue_url,
-            MaxNumberOfMessages=10,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=5,
-        ).get("Messages", [])
-        fresh = [m for m in messages if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        for message in fresh:
-            seen.add(message["MessageId"])
-            reason = message.get("MessageAttributes", {}).get("reason", {}).get("StringValue", "max receives reached")
-            reasons[reason] += 1
-    return reasons
+    return peek(stack.aws.client("sqs"), stack.aws.dead_letter_queue_url)
 
 
 def ledger_users(stack: LocalStack) -> Counter[str]:

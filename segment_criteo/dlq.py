@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from segment_criteo.target import Target
+if TYPE_CHECKING:  # (no import of the shared package: devtools use this module before the handlers load)
+    from segment_criteo.target import Target
 
 # What an endpoint without the API answers: moto (500), LocalStack-style and AWS-style unknown actions.
 NOT_IMPLEMENTED = {"500", "InvalidAction", "NotImplemented", "UnknownOperationException", "InternalFailure"}
@@ -79,21 +80,14 @@ def redrive(sqs: Any, dlq_url: str, queue_url: str, method: str = "auto") -> Red
     return result
 
 
-def parked_reasons(target: Target) -> dict[str, Any]:
-    """The DLQ's message count and, for up to PEEK_LIMIT of them, their reasons (made visible again at once)."""
-    sqs = target.client("sqs")
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=target.dead_letter_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
+def peek(sqs: Any, dlq_url: str, limit: int = PEEK_LIMIT) -> Counter[str]:
+    """The reasons of up to `limit` parked messages, each made visible again at once (left in place)."""
     reasons: Counter[str] = Counter()
     seen: set[str] = set()
     handles = []
-    while len(seen) < PEEK_LIMIT:
+    while len(seen) < limit:
         messages = sqs.receive_message(
-            QueueUrl=target.dead_letter_queue_url,
-            MaxNumberOfMessages=10,
-            MessageAttributeNames=["reason"],
-            VisibilityTimeout=30,
+            QueueUrl=dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["reason"], VisibilityTimeout=30
         ).get("Messages", [])
         fresh = [m for m in messages if m["MessageId"] not in seen]
         if not fresh:
@@ -104,11 +98,19 @@ def parked_reasons(target: Target) -> dict[str, Any]:
             reason = (message.get("MessageAttributes") or {}).get("reason", {}).get("StringValue")
             reasons[reason or UNKNOWN_REASON] += 1
     for start in range(0, len(handles), 10):
-        entries = [
-            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
-            for i, h in enumerate(handles[start : start + 10])
-        ]
-        sqs.change_message_visibility_batch(QueueUrl=target.dead_letter_queue_url, Entries=entries)
+        batch = handles[start : start + 10]
+        entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(batch)]
+        sqs.change_message_visibility_batch(QueueUrl=dlq_url, Entries=entries)
+    return reasons
+
+
+def parked_reasons(target: Target) -> dict[str, Any]:
+    """The DLQ's message count (SQS's) and the reasons of up to PEEK_LIMIT of them."""
+    sqs = target.client("sqs")
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=target.dead_letter_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    reasons = peek(sqs, target.dead_letter_queue_url)
     return {
         "dead_letters": int(attributes["ApproximateNumberOfMessages"]),
         "dead_letter_reasons": dict(reasons.most_common()),

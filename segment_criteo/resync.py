@@ -119,7 +119,8 @@ def _run_one(deployment: Deployment, plan: AudiencePlan, advance: Callable[[int]
             for start in range(0, len(identifiers), MAX_IDENTIFIERS_PER_PATCH):
                 chunk = identifiers[start : start + MAX_IDENTIFIERS_PER_PATCH]
                 deployment.take(plan.advertiser)
-                outbox.acquire(plan.audience, 0)  # ours: renewed for another lease period
+                if outbox.acquire(plan.audience, 0) is None:  # ours: renewed for another lease period
+                    raise TargetError(f"{plan.audience}: the audience's lease was lost; run again to resume")
                 client.patch_contact_list(plan.segment_id, ADD, id_type, chunk, gum_caller_id=gum)
                 _save_progress(deployment, plan.audience, {f"l_{id_type}": chunk[-1]})
                 advance(len(chunk))
