@@ -543,3 +543,26 @@ def test_flush_killed_midway_is_safe_to_repeat(aws_stack: Stack) -> None:
     assert patches_sent(criteo)[2:] == [("remove", 2), ("add", 2)]
     assert aws_stack.members("a") == {email(1), email(3)}
     assert outbox.waiting() == []
+
+
+def test_an_audience_whose_calls_fit_the_bucket_goes_whole_or_waits_whole(
+    aws_stack: Stack, criteo: CriteoEmulator
+) -> None:
+    """Defect found in the 1M/20 burst (170 PATCHes for a window minimum of 160): the bucket ran out in the
+    middle of an audience, its other groups were joined by newer changes, and the groups already sent needed
+    another call for theirs. Now the audience takes its calls at once, or waits for the next pass."""
+    clock = Clock(step=1e-6)
+    outbox = new_outbox(aws_stack, clock)
+    gone = {f"{n:08x}-0000-4000-8000-000000000000" for n in range(1, 4)}
+    new = {f"{n:08x}-0000-4000-8000-000000000000" for n in range(4, 7)}
+    entry = Entry({"email": emails(0, 3), "madid": gone}, {"email": emails(3, 6), "madid": new})
+    outbox.append("cart", 1, entry, "cart", clock())  # four groups: four calls
+    policy = FlushPolicy(interval_seconds=0, calls_per_minute=60)
+    flusher = new_flusher(aws_stack, policy, clock, workers=1, burst=4)
+    report = flusher.tick()  # the segment's search and create take 2 of the 4 tokens: 2 left for 4 calls
+    assert criteo.count("patch") == 0 and report.counts["budget_waits"] == 1  # not 2 calls now and 2 later
+    clock.advance(10)  # the bucket is full again (4: the segment's search and create were charged too)
+    flusher.tick()
+    sent = sorted((p["operation"], p["identifier_type"], p["valid"]) for p in criteo.patch_log)
+    assert sent == [("add", "email", 3), ("add", "madid", 3), ("remove", "email", 3), ("remove", "madid", 3)]
+    assert outbox.waiting() == []
