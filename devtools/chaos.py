@@ -419,7 +419,7 @@ def print_figures(figures: dict[str, Any]) -> None:
     minimums = {
         "token": f"{minimum['token']} (one per worker process = cold container; +1 per forced expiry in use)",
         "search": f"{minimum['search']} (one per worker process)",
-        "create": f"{minimum['create']} (one per audience)",
+        "create": f"{minimum['create']} (one per audience ending with members; emptied ones got one too)",
         "patch": (
             f"{minimum['patch_as_delivered']} as delivered (sum over invocations of distinct (audience, operation,"
             f" identifier type) after in-batch netting); {minimum['patch_single_batch']} if the whole stream"
