@@ -32,7 +32,7 @@ def check(deployment: Deployment) -> list[dict[str, Any]]:
         "settings document",
         lambda: f"{len(deployment.config.audiences)} audiences, {len(deployment.config.rules)} rules",
     )
-    advertisers = deployment.advertisers() if results[0]["ok"] else ["default"]
+    advertisers = deployment.config.advertisers() if results[0]["ok"] else ["default"]
     for advertiser in advertisers:
         record(f"advertiser {advertiser}", lambda a=advertiser: _advertiser(deployment, a))
     record("webhook", lambda: _webhook(deployment))

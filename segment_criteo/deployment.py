@@ -4,6 +4,7 @@ advertiser a Criteo client within the app's shared call budget."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,12 +13,11 @@ from typing import Any
 
 import requests
 
-from audience_sync.advertisers import app_key
-from audience_sync.audience_config import DEFAULT_ADVERTISER, AudienceConfig, ConfigError, parse
+from audience_sync.advertisers import Advertiser, Advertisers, app_key
+from audience_sync.audience_config import AudienceConfig, ConfigError, parse
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
-from audience_sync.criteo.segments import owner
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox
 from segment_criteo.target import Target, TargetError
@@ -38,13 +38,12 @@ class Segment:
 class Deployment:
     """One deployment's parts, made on first use."""
 
-    def __init__(self, target: Target, sleep: float = 1.0) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
         self.session = requests.Session()
         self.tokens = TokenCache()
-        self.sleep_seconds = sleep
-        self._clients: dict[str, CriteoClient] = {}
-        self._budgets: dict[str, CallBudget] = {}
+        # Per advertiser a client and segment directory, per app one budget: as the sync function has them.
+        self._advertisers = Advertisers(self._connect, self._budget, target.deployment, frozenset())
 
     @cached_property
     def dynamodb(self) -> Any:
@@ -71,54 +70,48 @@ class Deployment:
         except ConfigError as error:
             raise TargetError(f"the settings document does not validate: {error}") from None
 
-    def advertisers(self) -> list[str]:
-        """`default` and every advertiser the settings name."""
-        named = {s.advertiser for s in self.config.audiences.values()} | set(self.config.calls_per_minute)
-        return sorted({DEFAULT_ADVERTISER, self.config.defaults.advertiser, *named})
-
     def credentials(self, advertiser: str) -> CriteoCredentials:
         """An advertiser's Criteo credentials from Secrets Manager (TargetError saying what is wrong)."""
         secret_id = self.target.secret_of(advertiser)
         try:
             value = self.target.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
-            secret = json.loads(value)
-            return CriteoCredentials(
-                str(secret["client_id"]), str(secret["client_secret"]), str(secret["advertiser_id"])
-            )
-        except (KeyError, TypeError, ValueError):
-            raise TargetError(f"{secret_id}: needs JSON with client_id, client_secret and advertiser_id") from None
         except Exception as error:
             raise TargetError(f"{secret_id}: can't be read ({type(error).__name__})") from None
+        try:
+            return CriteoCredentials.from_secret(json.loads(value))
+        except json.JSONDecodeError:
+            raise TargetError(f"{secret_id}: the Criteo secret isn't JSON") from None
+        except ValueError as error:
+            raise TargetError(f"{secret_id}: {error}") from None
+
+    def advertiser(self, name: str) -> Advertiser:
+        """An advertiser's client (its calls are the command's: no Lambda time limit), segment directory and
+        app budget, shared with the sync function (TargetError when its secret is unusable)."""
+        found = self._advertisers.get(name, self.config.rate(name, self.target.calls_per_minute))
+        if found is None:  # _connect raises rather than answer None
+            raise TargetError(f"advertiser {name}: no credentials")
+        return found
 
     def criteo(self, advertiser: str) -> CriteoClient:
-        """An advertiser's Criteo client (its calls are the command's: no Lambda time limit)."""
-        if advertiser not in self._clients:
-            credentials = self.credentials(advertiser)
-            self._clients[advertiser] = CriteoClient(
-                self.session,
-                self.target.criteo_base_url,
-                self.target.criteo_api_version,
-                credentials,
-                lambda: 300.0,
-                tokens=self.tokens,
-            )
-        return self._clients[advertiser]
+        """An advertiser's Criteo client."""
+        return self.advertiser(advertiser).criteo
 
     def take(self, advertiser: str, calls: int = 1) -> None:
         """Wait until the advertiser's app budget (shared with the sync function) gives `calls` tokens."""
-        client = self.criteo(advertiser)
-        client_id = client.credentials.client_id
-        if client_id not in self._budgets:
-            rate = self.config.calls_per_minute.get(advertiser, self.target.calls_per_minute)
-            self._budgets[client_id] = CallBudget(
-                self.dynamodb,
-                self.target.ledger_table,
-                rate,
-                app=app_key(client_id),
-            )
-        budget = self._budgets[client_id]
-        while not budget.take(calls):
-            time.sleep(max(self.sleep_seconds * 0.1, min(self.sleep_seconds, budget.seconds_until(calls))))
+        self.advertiser(advertiser).app.budget.wait_for(calls, lambda: math.inf, time.sleep)
+
+    def _connect(self, advertiser: str) -> CriteoClient:
+        return CriteoClient(
+            self.session,
+            self.target.criteo_base_url,
+            self.target.criteo_api_version,
+            self.credentials(advertiser),
+            lambda: 300.0,
+            tokens=self.tokens,
+        )
+
+    def _budget(self, client_id: str, calls_per_minute: int) -> CallBudget:
+        return CallBudget(self.dynamodb, self.target.ledger_table, calls_per_minute, app=app_key(client_id))
 
     def segments(self, audiences: Iterable[str]) -> dict[str, Segment]:
         """Each audience's contact list: its configured `segment_id`, else ours found by name (one search per
@@ -132,9 +125,6 @@ class Deployment:
                 result[audience] = Segment(audience, settings.advertiser, name, settings.segment_id)
                 continue
             if settings.advertiser not in found:
-                client = self.criteo(settings.advertiser)
-                found[settings.advertiser] = {
-                    s.name: s.id for s in client.search_segments() if owner(s.description) == self.target.deployment
-                }
+                found[settings.advertiser] = self.advertiser(settings.advertiser).directory.ours()
             result[audience] = Segment(audience, settings.advertiser, name, found[settings.advertiser].get(name, ""))
         return result

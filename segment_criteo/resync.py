@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from audience_sync.criteo.segments import SegmentDirectory
 from audience_sync.identifiers import GUM
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH
 from audience_sync.records import ADD
@@ -101,12 +100,12 @@ def _run_one(deployment: Deployment, plan: AudiencePlan, advance: Callable[[int]
     if outbox.acquire(plan.audience, LEASE_WAIT_SECONDS) is None:
         raise TargetError(f"{plan.audience}: the sync function held the audience for a minute; try again")
     try:
-        client = deployment.criteo(plan.advertiser)
+        advertiser = deployment.advertiser(plan.advertiser)
+        client = advertiser.criteo
         if not plan.segment_id and plan.identifiers:
-            directory = SegmentDirectory(client, deployment.target.deployment, frozenset())
             deployment.take(plan.advertiser, 2)  # at most a search and a create
             description = f"Segment Engage audience {plan.audience} (synced by segment-criteo-sync)"
-            plan.segment_id = directory.resolve(plan.segment_name, description)
+            plan.segment_id = advertiser.directory.resolve(plan.segment_name, description)
         if not plan.resumed:
             _clear_progress(deployment, plan.audience)
         _save_progress(deployment, plan.audience, {"mode": plan.mode})

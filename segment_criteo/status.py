@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from audience_sync.criteo.errors import CriteoError
-from audience_sync.criteo.segments import owner
 from segment_criteo.deployment import Deployment
 from segment_criteo.dlq import parked_reasons
 
@@ -73,14 +72,11 @@ def _from_criteo(deployment: Deployment, rows: dict[str, AudienceStatus]) -> Non
     for row in rows.values():
         if not row.segment_id:
             continue
-        client = deployment.criteo(row.advertiser)
+        advertiser = deployment.advertiser(row.advertiser)
         try:
             if row.advertiser not in lookalikes:
-                found = client.search_segments("Lookalike")
-                lookalikes[row.advertiser] = {
-                    s.seed: s.id for s in found if owner(s.description) == deployment.target.deployment
-                }
+                lookalikes[row.advertiser] = advertiser.directory.lookalikes()
             row.lookalike_id = lookalikes[row.advertiser].get(row.segment_id, "")
-            row.criteo = client.statistics(row.segment_id)
+            row.criteo = advertiser.criteo.statistics(row.segment_id)
         except CriteoError as error:
             row.criteo = {"error": str(error)}

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from audience_sync.audience_config import DEFAULT_ADVERTISER
+from audience_sync.advertisers import secret_id
 
 LOCAL_REGION = "us-east-1"
 ATTEMPTS = 5
@@ -59,7 +59,7 @@ class Target:
 
     def secret_of(self, advertiser: str) -> str:
         """The Secrets Manager id of an advertiser's Criteo credentials."""
-        return self.criteo_secret if advertiser == DEFAULT_ADVERTISER else self.advertiser_secret_prefix + advertiser
+        return secret_id(advertiser, self.criteo_secret, self.advertiser_secret_prefix)
 
 
 def from_stack(stack_name: str, region: str | None = None, profile: str | None = None) -> Target:

@@ -13,8 +13,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from audience_sync.advertisers import Advertisers, app_key
-from audience_sync.audience_config import DEFAULT_ADVERTISER, ConfigSource
+from audience_sync.advertisers import Advertisers, app_key, secret_id
+from audience_sync.audience_config import ConfigSource
 from audience_sync.budget import CallBudget
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
@@ -62,24 +62,17 @@ audience_config = ConfigSource(
 def load_credentials(advertiser: str) -> CriteoCredentials | None:
     """An advertiser's client id/secret/advertiser id from Secrets Manager (cached): the deployment's secret for
     `default`, else the one named after it; None when unreadable or incomplete."""
-    secret_id = (
-        settings.criteo_secret_arn
-        if advertiser == DEFAULT_ADVERTISER
-        else settings.advertiser_secret_prefix + advertiser
-    )
     where = dict(advertiser=advertiser)
+    secret_name = secret_id(advertiser, settings.criteo_secret_arn, settings.advertiser_secret_prefix)
     try:
-        secret = secrets.get(secret_id, transform="json", max_age=settings.secret_max_age_seconds)
+        secret = secrets.get(secret_name, transform="json", max_age=settings.secret_max_age_seconds)
     except (parameters.exceptions.GetParameterError, parameters.exceptions.TransformParameterError):
         logger.error("the Criteo secret can't be read or isn't JSON", extra=where)
         return None
-    if not isinstance(secret, dict):
-        logger.error("the Criteo secret must be a JSON object", extra=where)
-        return None
     try:
-        return CriteoCredentials(str(secret["client_id"]), str(secret["client_secret"]), str(secret["advertiser_id"]))
-    except KeyError:
-        logger.error("the Criteo secret needs client_id, client_secret and advertiser_id", extra=where)
+        return CriteoCredentials.from_secret(secret)
+    except ValueError as error:
+        logger.error(str(error), extra=where)
         return None
 
 
@@ -136,14 +129,12 @@ def advertisers_for(seconds_left: Callable[[], float]) -> Advertisers:
 
 def match_statistics(context: LambdaContext) -> dict[str, int]:
     """The hourly schedule: Criteo's match statistics of our segments, as metrics."""
-    advertisers = advertisers_for(lambda: context.get_remaining_time_in_millis() / 1000.0)
-    counts = measure(
-        advertisers,
-        audience_config.current(),
-        options.deployment,
-        settings.criteo_calls_per_minute,
-        lambda: context.get_remaining_time_in_millis() / 1000.0,
-    )
+
+    def seconds_left() -> float:
+        return context.get_remaining_time_in_millis() / 1000.0
+
+    advertisers = advertisers_for(seconds_left)
+    counts = measure(advertisers, audience_config.current(), settings.criteo_calls_per_minute, seconds_left)
     return {**counts, "criteo_credentials_errors": len(advertisers.unreadable())}
 
 
@@ -176,15 +167,17 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
         answer, counts = apply(event, context)
         counts.update(flush(context, keep_flushing_seconds=0))
+        done = "batch synced"
     elif event.get("match_statistics"):
         counts = match_statistics(context)
         answer = {key: counts[key] for key in ("segments_measured", "match_rate_percent")}
+        done = "match statistics read"
     else:
         counts = flush(context, keep_flushing_seconds=settings.flush_seconds)
         answer = {key: counts[key] for key in ("outbox_audiences",) if key in counts}
+        done = "outbox flushed"
     for name, value in counts.items():
         unit = MetricUnit.Percent if name.endswith("_percent") else MetricUnit.Count
         metrics.add_metric(name=name, unit=unit, value=value)
-    done = "batch synced" if "Records" in event else "match statistics read" if "segments_measured" in counts else ""
-    logger.info(done or "outbox flushed", extra=counts)
+    logger.info(done, extra=counts)
     return answer

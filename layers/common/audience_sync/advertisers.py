@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from audience_sync.audience_config import DEFAULT_ADVERTISER
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SegmentDirectory
@@ -30,6 +31,12 @@ class Advertiser:
     directory: SegmentDirectory
     app: App
     resolving: threading.Lock = field(default_factory=threading.Lock)  # segment look-ups, one at a time
+
+
+def secret_id(advertiser: str, default_secret: str, prefix: str) -> str:
+    """Where an advertiser's Criteo credentials are: the deployment's own secret for `default`, else the secret
+    named after it."""
+    return default_secret if advertiser == DEFAULT_ADVERTISER else prefix + advertiser
 
 
 def app_key(client_id: str) -> str:

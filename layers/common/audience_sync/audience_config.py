@@ -86,6 +86,15 @@ class AudienceConfig:
         """The audience's settings: its own where given, else the defaults."""
         return self.audiences.get(audience_key, self.defaults)
 
+    def advertisers(self) -> list[str]:
+        """`default` and every advertiser the settings name (for an audience, the defaults or a budget)."""
+        named = {self.defaults.advertiser, *(s.advertiser for s in self.audiences.values()), *self.calls_per_minute}
+        return sorted({DEFAULT_ADVERTISER, *named})
+
+    def rate(self, advertiser: str, default: int) -> int:
+        """The calls per minute of the advertiser's app: its setting, else `default`."""
+        return self.calls_per_minute.get(advertiser, default)
+
     @property
     def suppresses_everywhere(self) -> bool:
         """A rule removes users from every audience (the sync then checks enters against suppressions)."""

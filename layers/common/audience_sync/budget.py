@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # uses, so no token is lost between passes, and at most 220 calls fall in any 60 s at 200/min.
 BURST_SHARE = 0.1
 RACE_ATTEMPTS = 5
+MIN_SLEEP_SECONDS = 0.05  # between looks at a bucket another invocation just emptied
 
 
 class CallBudget(Table):
@@ -43,6 +44,16 @@ class CallBudget(Table):
     def take(self, calls: int = 1) -> bool:
         """Take `calls` tokens if the bucket has them."""
         return self._change(-calls, require=True)
+
+    def wait_for(self, calls: int, seconds_left: Callable[[], float], sleep: Callable[[float], None]) -> bool:
+        """Take `calls` tokens, sleeping until the bucket has them; False (nothing taken) when that would take
+        longer than `seconds_left()`."""
+        while not self.take(calls):
+            wait = self.seconds_until(calls)
+            if seconds_left() < wait:
+                return False
+            sleep(max(wait, MIN_SLEEP_SECONDS))
+        return True
 
     def charge(self, calls: int) -> None:
         """Count calls already made (segment searches and creates: their number is known afterwards)."""

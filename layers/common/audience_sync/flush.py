@@ -134,7 +134,7 @@ class Flusher:
         for w in waiting:
             by_advertiser.setdefault(self._settings(w).advertiser, []).append(w)
         backlogs = {
-            name: self.policy.backlog_seconds(group, self._config.calls_per_minute.get(name))
+            name: self.policy.backlog_seconds(group, self._config.rate(name, self.policy.calls_per_minute))
             for name, group in by_advertiser.items()
         }
         last_change = max((w.last for w in waiting), default=now)
@@ -165,7 +165,7 @@ class Flusher:
         if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
             return report
         name = self._settings(waiting).advertiser
-        advertiser = self.advertisers.get(name, self._config.calls_per_minute.get(name, self.policy.calls_per_minute))
+        advertiser = self.advertisers.get(name, self._config.rate(name, self.policy.calls_per_minute))
         if advertiser is None or advertiser.app.stop.is_set():  # its changes wait (the credentials are counted)
             return report
         try:

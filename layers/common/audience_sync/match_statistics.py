@@ -14,7 +14,6 @@ from audience_sync.advertisers import Advertisers
 from audience_sync.audience_config import AudienceConfig
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.errors import CriteoError
-from audience_sync.criteo.segments import owner
 from audience_sync.observability import logger
 
 SAFETY_SECONDS = 10.0
@@ -23,40 +22,33 @@ SAFETY_SECONDS = 10.0
 def measure(
     advertisers: Advertisers,
     config: AudienceConfig,
-    deployment: str,
     calls_per_minute: int,
     seconds_left: Callable[[], float],
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, int]:
-    """Read the statistics of our contact lists, advertiser by advertiser, taking each call from the app's
-    budget (waiting for it while the invocation has time: what is left is skipped and counted); the counts
-    for metrics (`match_rate_percent`: matched identifiers of all, over every segment read)."""
+    """Read the statistics of our contact lists (as each advertiser's directory finds them), advertiser by
+    advertiser, taking each call from the app's budget (waiting for it while the invocation has time: what is
+    left is skipped and counted); the counts for metrics (`match_rate_percent`: matched identifiers of all,
+    over every segment read)."""
 
     def take(budget: CallBudget) -> bool:
-        while not budget.take():
-            wait = budget.seconds_until(1)
-            if seconds_left() - wait < SAFETY_SECONDS:
-                return False
-            sleep(wait)
-        return True
+        return budget.wait_for(1, lambda: seconds_left() - SAFETY_SECONDS, sleep)
 
-    names = {config.defaults.advertiser, *(s.advertiser for s in config.audiences.values()), *config.calls_per_minute}
     totals: Counter[str] = Counter()
     lowest = 100
-    for name in sorted(names):
-        advertiser = advertisers.get(name, config.calls_per_minute.get(name, calls_per_minute))
+    for name in config.advertisers():
+        advertiser = advertisers.get(name, config.rate(name, calls_per_minute))
         if advertiser is None:
             continue  # counted as criteo_credentials_errors by the caller
         try:
             if not take(advertiser.app.budget):
                 totals["match_statistics_skipped"] += 1
                 continue
-            ours = [s for s in advertiser.criteo.search_segments() if owner(s.description) == deployment]
-            for segment in ours:
+            for segment_name, segment_id in advertiser.directory.ours().items():
                 if not take(advertiser.app.budget):
                     totals["match_statistics_skipped"] += 1
                     continue
-                figures = advertiser.criteo.statistics(segment.id)
+                figures = advertiser.criteo.statistics(segment_id)
                 identifiers = int(figures.get("numberOfIdentifiers") or 0)
                 matches = int(figures.get("numberOfMatches") or 0)
                 totals["segments_measured"] += 1
@@ -66,7 +58,7 @@ def measure(
                     lowest = min(lowest, round(100 * matches / identifiers))
                 logger.info(
                     "match statistics",
-                    extra=dict(segment=segment.name, advertiser=name, identifiers=identifiers, matches=matches),
+                    extra=dict(segment=segment_name, advertiser=name, identifiers=identifiers, matches=matches),
                 )
         except CriteoError as error:
             totals["match_statistics_failures"] += 1

@@ -192,6 +192,12 @@ class ParserSettings:
     max_clock_skew_ms: int = 300_000
 
 
+def _consent_change(consent: str, user: str, timestamp_ms: int, message_id: str, result: ParseResult) -> AudienceChange:
+    """The consent an event carries, as a change for every audience of the user (counted)."""
+    result.consent_changes += 1
+    return AudienceChange("", "", consent, user, timestamp_ms, message_id, {})
+
+
 class SegmentEventParser:
     """Validates events and turns each into the changes it asks for (membership and consent)."""
 
@@ -245,9 +251,7 @@ class SegmentEventParser:
                 return self._rule_changes(rule, event, user, message_id, consent, result)
             if consent is None or user is None:
                 raise
-            timestamp_ms = self._timestamp_ms(event, result)
-            result.consent_changes += 1
-            return [AudienceChange("", "", consent, user, timestamp_ms, message_id, {})]
+            return [_consent_change(consent, user, self._timestamp_ms(event, result), message_id, result)]
         if len(audience_key) > MAX_KEY_LENGTH:
             raise EventRejected("invalid_audience_key", f"audience key is longer than {MAX_KEY_LENGTH} characters")
         try:
@@ -267,8 +271,7 @@ class SegmentEventParser:
         # An exit needs no identifier: the ledger removes everything it holds for the user.
         changes = [AudienceChange(audience_key, name, operation, user, timestamp_ms, message_id, identifiers)]
         if consent is not None:
-            result.consent_changes += 1
-            changes.append(AudienceChange("", "", consent, user, timestamp_ms, message_id, {}))
+            changes.append(_consent_change(consent, user, timestamp_ms, message_id, result))
         return changes
 
     def _rule_changes(
@@ -297,8 +300,7 @@ class SegmentEventParser:
             changes.append(AudienceChange(rule.add_to, "", ADD, user, timestamp_ms, message_id, identifiers))
         result.rule_events += 1
         if consent is not None:
-            result.consent_changes += 1
-            changes.append(AudienceChange("", "", consent, user, timestamp_ms, message_id, {}))
+            changes.append(_consent_change(consent, user, timestamp_ms, message_id, result))
         return changes
 
     def _timestamp_ms(self, event: dict[str, Any], result: ParseResult) -> int:

@@ -4,7 +4,7 @@ failure reporting. The flush (flush.py) takes the outbox to Criteo."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from audience_sync.errors import DependencyUnavailable
@@ -28,6 +28,7 @@ from audience_sync.records import (
 
 # Stop starting new work when less than this is left, so the answer to SQS is always delivered.
 SAFETY_SECONDS = 5.0
+LEDGER_UNAVAILABLE = "membership ledger unavailable"
 MAX_LOCK_WAIT_SECONDS = 60.0
 
 
@@ -167,7 +168,7 @@ class AudienceSync:
         try:
             synced = self.outbox.last_synced(by_audience)
         except DependencyUnavailable as error:  # the leases will tell; the order is only a fairness aid
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            logger.warning(LEDGER_UNAVAILABLE, extra={"reason": str(error)})
             synced = {}
         return sorted(by_audience.items(), key=lambda entry: (synced.get(entry[0], 0.0), entry[0]))
 
@@ -212,8 +213,7 @@ class AudienceSync:
                 self.outbox.release(parked.audience_key)
                 raise
         except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back([message_id], "membership ledger unavailable")
+            _unavailable(report, [message_id], error, LEDGER_UNAVAILABLE)
             return
         report.counts["parked_patches_put_back"] += 1
 
@@ -231,8 +231,7 @@ class AudienceSync:
             self.ledger.save_suppressions(newest)
             audiences = self.ledger.audiences_of_users(newest)
         except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back((i.message_id for i in items), "membership ledger unavailable")
+            _unavailable(report, (i.message_id for i in items), error, LEDGER_UNAVAILABLE)
             return
         report.counts["suppressions_everywhere"] += len(items)
         for item in items:
@@ -252,7 +251,7 @@ class AudienceSync:
         try:
             stored = self.ledger.suppressions(entering)
         except DependencyUnavailable as error:
-            _unavailable(report, by_audience, error)
+            _unavailable(report, _message_ids(by_audience), error)
             by_audience.clear()
             return {}
         _fold_suppressions(by_audience, stored)
@@ -273,7 +272,7 @@ class AudienceSync:
         try:
             fresh = self.ledger.suppressions(used)
         except DependencyUnavailable as error:
-            _unavailable(report, by_audience, error)
+            _unavailable(report, _message_ids(by_audience), error)
             return
         moved = {user: s for user in used if (s := fresh.get(user)) is not None and s != used[user]}
         report.counts["suppression_rechecks"] += len(moved)
@@ -321,8 +320,7 @@ class AudienceSync:
             self.ledger.save_consents(writes)
             audiences = self.ledger.audiences_of_users(evaluate)
         except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back((i.message_id for i in items), "membership ledger unavailable")
+            _unavailable(report, (i.message_id for i in items), error, LEDGER_UNAVAILABLE)
             return {}
         report.counts["consent_changes"] += len(writes)
         report.counts["consent_reevaluations"] += len(evaluate)
@@ -339,7 +337,7 @@ class AudienceSync:
         try:
             return self.ledger.consents(user for users in by_audience.values() for user in users)
         except DependencyUnavailable as error:
-            _unavailable(report, by_audience, error)
+            _unavailable(report, _message_ids(by_audience), error)
             return None
 
     def _settle_consent(self, evaluated: dict[str, tuple[Sourced, str]], report: SyncReport) -> None:
@@ -348,7 +346,7 @@ class AudienceSync:
         try:
             self.ledger.settle_consents(done)
         except DependencyUnavailable as error:  # stays pending: the next consent change re-evaluates again
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
+            logger.warning(LEDGER_UNAVAILABLE, extra={"reason": str(error)})
 
     def _sync_audience(
         self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport
@@ -367,8 +365,7 @@ class AudienceSync:
                 self.outbox.release(audience_key)
                 raise
         except DependencyUnavailable as error:
-            logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-            report.hand_back(message_ids, "membership ledger unavailable")
+            _unavailable(report, message_ids, error, LEDGER_UNAVAILABLE)
             return {}
 
     def _apply_audience(
@@ -448,7 +445,7 @@ class AudienceSync:
         try:
             fresh = self.ledger.consents(users)
         except DependencyUnavailable as error:
-            _unavailable(report, recheck, error)
+            _unavailable(report, _message_ids(recheck), error)
             return
         moved = {u for u in users if getattr(fresh.get(u), "version", None) != getattr(used.get(u), "version", None)}
         report.counts["consent_rechecks"] += len(moved)
@@ -463,12 +460,17 @@ class AudienceSync:
         return next(names, None)
 
 
-def _unavailable(report: SyncReport, changes: Mapping[str, UserChanges], error: DependencyUnavailable) -> None:
-    """The ledger failed: say so, and hand back every message with a change in `changes`."""
-    logger.warning("membership ledger unavailable", extra={"reason": str(error)})
-    report.hand_back(
-        (i.message_id for users in changes.values() for items in users.values() for i in items), str(error)
-    )
+def _unavailable(
+    report: SyncReport, message_ids: Iterable[str], error: DependencyUnavailable, reason: str | None = None
+) -> None:
+    """The ledger failed: say so, and hand the messages back (with `reason`, else the error's)."""
+    logger.warning(LEDGER_UNAVAILABLE, extra={"reason": str(error)})
+    report.hand_back(message_ids, reason or str(error))
+
+
+def _message_ids(changes: Mapping[str, UserChanges]) -> Iterator[str]:
+    """The message of every change in `changes`."""
+    return (i.message_id for users in changes.values() for items in users.values() for i in items)
 
 
 def _entering(by_audience: dict[str, UserChanges]) -> set[str]:

@@ -22,6 +22,16 @@ class CriteoCredentials:
     def __repr__(self) -> str:
         return f"CriteoCredentials(client_id={self.client_id!r}, advertiser_id={self.advertiser_id!r})"
 
+    @classmethod
+    def from_secret(cls, secret: object) -> CriteoCredentials:
+        """The credentials in a Criteo secret's JSON document (ValueError saying what is wrong with it)."""
+        if not isinstance(secret, dict):
+            raise ValueError("the Criteo secret must be a JSON object")
+        try:
+            return cls(str(secret["client_id"]), str(secret["client_secret"]), str(secret["advertiser_id"]))
+        except KeyError:
+            raise ValueError("the Criteo secret needs client_id, client_secret and advertiser_id") from None
+
 
 class TokenCache:
     """Holds one bearer token per client id until shortly before it expires."""

@@ -88,27 +88,41 @@ class SegmentDirectory:
                     raise
         return LOOKALIKE_IDS[key]
 
-    def _search_lookalikes(self) -> None:
-        for found in self.client.search_segments("Lookalike"):
-            if found.seed and owner(found.description) == self.deployment:
-                LOOKALIKE_IDS[(self.advertiser_id, found.seed)] = found.id
+    def ours(self) -> dict[str, str]:
+        """Name -> id of every contact list this deployment owns, as one search finds them now."""
+        return self._search()
+
+    def lookalikes(self) -> dict[str, str]:
+        """Seed contact list id -> id of every lookalike this deployment owns, as one search finds them now."""
+        return self._search_lookalikes()
+
+    def _search_lookalikes(self) -> dict[str, str]:
+        found_now = {
+            found.seed: found.id
+            for found in self.client.search_segments("Lookalike")
+            if found.seed and owner(found.description) == self.deployment
+        }
+        LOOKALIKE_IDS.update({(self.advertiser_id, seed): segment_id for seed, segment_id in found_now.items()})
         self._lookalikes_searched = True
+        return found_now
 
     def forget(self, name: str) -> None:
         """Drop a cached id that Criteo no longer accepts, so the next resolve searches again."""
         self.cache.pop((self.advertiser_id, name), None)
         self._searched = False
 
-    def _search(self) -> None:
+    def _search(self) -> dict[str, str]:
         self._others = {}
+        ours: dict[str, str] = {}
         for found in self.client.search_segments():
             key = (self.advertiser_id, found.name)
             if owner(found.description) == self.deployment:
-                self.cache[key] = found.id
+                self.cache[key] = ours[found.name] = found.id
             else:
                 self.cache.pop(key, None)  # adopted by another deployment since we cached it
                 self._others[found.name] = found
         self._searched = True
+        return ours
 
     def _adopt(self, found: FoundSegment) -> None:
         previous = owner(found.description)
