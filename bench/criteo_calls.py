@@ -32,6 +32,7 @@ from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox
 from audience_sync.records import AudienceChange, unpack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
+from bench.disk import DiskDict
 from bench.memory_table import InMemoryTable
 from bench.peer import peer_calls
 from bench.servers import new_emulator
@@ -47,6 +48,7 @@ STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS); the sync
 BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
 CALL_KINDS = ("token", "search", "create", "patch")
+ON_DISK_ABOVE = 1_000_000  # larger streams keep the table and the minimum's states on disk (bench/disk.py)
 
 
 class SimulatedClock:
@@ -111,7 +113,8 @@ def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> 
     SEGMENT_IDS.clear()
     criteo_emulator.reset()
     clock = SimulatedClock()
-    table = InMemoryTable()
+    on_disk = spec.changes > ON_DISK_ABOVE
+    table = InMemoryTable(on_disk)
     client = cast(Any, table)
     ledger = Ledger(client, "bench", 360, clock=clock)
     outbox = Outbox(client, "bench", 360, clock=clock)
@@ -126,8 +129,8 @@ def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> 
     policy = FlushPolicy(interval_seconds=INTERVAL_SECONDS, calls_per_minute=BUDGET_PER_MINUTE)
     advertisers = Advertisers(lambda name: criteo, lambda client_id, rate: budget, options.deployment, frozenset())
     flusher = Flusher(advertisers, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
-    windows = WindowMinimum(INTERVAL_SECONDS, BUDGET_PER_MINUTE)
-    whole = WindowMinimum(math.inf, BUDGET_PER_MINUTE)
+    windows = WindowMinimum(INTERVAL_SECONDS, BUDGET_PER_MINUTE, cast(Any, DiskDict()) if on_disk else None)
+    whole = WindowMinimum(math.inf, BUDGET_PER_MINUTE, cast(Any, DiskDict()) if on_disk else None)
     run = Run()
     arrived: list[tuple[float, list[AudienceChange]]] = []  # Segment requests not applied yet, with arrival time
     request: list[AudienceChange] = []
@@ -173,7 +176,7 @@ def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> 
             request = []
         windows.add(at, change)
         whole.add(0.0, change)
-        if spec.changes <= 1_000_000:
+        if not on_disk:
             peer_input.append(change)
         run.last_arrival = at
     if request:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from bench.disk import DiskItems, MemoryItems
+
 WRITE_UNIT_BYTES = 1024  # one WRU writes up to 1 KB
 READ_UNIT_BYTES = 4096  # one strongly consistent RRU reads up to 4 KB
 Item = dict[str, dict[str, Any]]  # DynamoDB's wire format: attribute -> {type: value}
@@ -68,9 +70,10 @@ class InMemoryTable:
     """One table: the calls the ledger, outbox and budget make, each metered (`billed`: calls by operation,
     plus `rru` and `wru` as DynamoDB on-demand bills them)."""
 
-    def __init__(self) -> None:
-        # pk -> sk -> the item pickled: a tenth of the memory of the wire-format dicts (10M changes make ~9M items)
-        self.items: dict[str, dict[str, bytes]] = {}
+    def __init__(self, on_disk: bool = False) -> None:
+        # (pk, sk) -> the item pickled: a tenth of the memory of the wire-format dicts; on disk for 10M changes
+        # (~9M items)
+        self.items: MemoryItems | DiskItems = DiskItems() if on_disk else MemoryItems()
         self.billed: defaultdict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
 
@@ -88,14 +91,14 @@ class InMemoryTable:
             self.billed["wru"] += wru
 
     def _find(self, key: Item) -> Item | None:
-        found = self.items.get(key["pk"]["S"], {}).get(key["sk"]["S"])
+        found = self.items.get(key["pk"]["S"], key["sk"]["S"])
         return None if found is None else _load(found)
 
     def _store(self, item: Item) -> None:
-        self.items.setdefault(item["pk"]["S"], {})[item["sk"]["S"]] = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        self.items.put(item["pk"]["S"], item["sk"]["S"], pickle.dumps(item, pickle.HIGHEST_PROTOCOL))
 
     def _drop(self, key: Item) -> Item | None:
-        gone = self.items.get(key["pk"]["S"], {}).pop(key["sk"]["S"], None)
+        gone = self.items.pop(key["pk"]["S"], key["sk"]["S"])
         return None if gone is None else _load(gone)
 
     def put_item(self, **params: Any) -> dict[str, Any]:
@@ -183,7 +186,7 @@ class InMemoryTable:
         pk = (values.get(":p") or values[":u"])["S"]
         prefix = (values.get(":s") or values.get(":a") or {"S": ""})["S"]
         with self._lock:
-            found = [_load(item) for sk, item in sorted(self.items.get(pk, {}).items()) if sk.startswith(prefix)]
+            found = [_load(item) for sk, item in self.items.partition(pk) if sk.startswith(prefix)]
             size = sum(item_bytes(item) for item in found)
         units = max(1, math.ceil(size / READ_UNIT_BYTES))
         self._bill("Query", rru=units if params.get("ConsistentRead") else units / 2)

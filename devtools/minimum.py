@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING
 
 from devtools.criteo_emulator.api import MAX_IDENTIFIERS
@@ -134,27 +134,42 @@ def _carried_by_exits(changes: list[AudienceChange]) -> Held:
     return carried
 
 
+class _PairWindow:
+    """One (audience, user) in a WindowMinimum: its state, and what it contributes to the window it was last
+    seen in (`window`): what Criteo held at that window's start (None: never seen, Criteo may hold what its
+    exits carry), those exits' identifiers, and its share of the window's groups."""
+
+    __slots__ = ("before", "carried", "contribution", "state", "window")
+
+    def __init__(self, window: int) -> None:
+        self.state = PairState()
+        self.window = window
+        self.before: Held | None = None
+        self.carried: Held = {}
+        self.contribution: Counter[Group] = Counter()
+
+
 class WindowMinimum:
     """The fewest PATCHes when changes arriving within one flush interval share calls, and a window that
     can't be sent within its span at `per_minute` calls grows until it can (a burst faster than the budget
     is one window). Fed in arrival order; per window, per (audience, user): what Criteo must hold at its end
     against what it held at its start. Group sizes add up per user (the benchmark streams share no
-    identifier between users), kept incrementally so any stream size fits in memory."""
+    identifier between users), kept incrementally. `pairs` holds the per-(audience, user) records (a dict
+    unless given; a value read is stored back after each change, so a mapping on disk does too)."""
 
-    def __init__(self, interval_seconds: float, per_minute: float) -> None:
+    def __init__(
+        self, interval_seconds: float, per_minute: float, pairs: MutableMapping[Pair, _PairWindow] | None = None
+    ) -> None:
         self.interval = interval_seconds
         self.per_minute = per_minute
-        self.states: dict[Pair, PairState] = {}
+        self.pairs: MutableMapping[Pair, _PairWindow] = {} if pairs is None else pairs
         self.patches = 0  # closed windows
         self.windows = 0
         self.last_window_patches = 0
         self._start = self._end = 0.0
         self._open = False
-        self._before: dict[Pair, Held | None] = {}
-        self._carried: dict[Pair, Held] = {}
         self._sizes: Counter[Group] = Counter()
         self._calls = 0
-        self._contribution: dict[Pair, Counter[Group]] = {}
 
     def add(self, at: float, change: AudienceChange) -> None:
         """One change arriving at `at` (seconds, non-decreasing)."""
@@ -170,44 +185,44 @@ class WindowMinimum:
                 self._close()
                 self._start, self._end, self._open = at, at + self.interval, True
         pair = (change.audience_key, change.user)
-        state = self.states.get(pair)
-        if state is None:
-            state = self.states[pair] = PairState()
-            self._before[pair] = None  # never seen: Criteo may hold what its exits carry
-        elif pair not in self._before:
-            self._before[pair] = state.must_hold()
-        if change.operation == REMOVE and self._before[pair] is None:
-            carried = self._carried.setdefault(pair, {})
+        record = self.pairs.get(pair)
+        if record is None:
+            record = _PairWindow(self.windows)
+        elif record.window != self.windows:  # first seen in this window
+            record.window, record.before = self.windows, record.state.must_hold()
+            record.carried, record.contribution = {}, Counter()
+        if change.operation == REMOVE and record.before is None:
             for id_type, identifiers in change.identifiers.items():
-                carried.setdefault(id_type, set()).update(identifiers)
-        state.add(change)
-        self._recount(pair, state)
+                record.carried.setdefault(id_type, set()).update(identifiers)
+        record.state.add(change)
+        self._recount(pair, record)
+        self.pairs[pair] = record
 
-    def _recount(self, pair: Pair, state: PairState) -> None:
-        after = state.must_hold()
-        before = self._before[pair]
+    def _recount(self, pair: Pair, record: _PairWindow) -> None:
+        after = record.state.must_hold()
+        before = record.before
         if before is None:
-            before = {} if after else self._carried.get(pair, {})
+            before = {} if after else record.carried
         new: Counter[Group] = Counter()
         for operation, sending, against in ((ADD, after, before), (REMOVE, before, after)):
             for id_type, identifiers in sending.items():
                 n = len(identifiers - against.get(id_type, set()))
                 if n:
                     new[(pair[0], operation, id_type)] = n
-        old = self._contribution.get(pair, Counter())
+        old = record.contribution
         for group in set(old) | set(new):
             size = self._sizes[group]
             self._calls -= math.ceil(size / MAX_IDENTIFIERS)
             size += new[group] - old[group]
             self._sizes[group] = size
             self._calls += math.ceil(size / MAX_IDENTIFIERS)
-        self._contribution[pair] = new
+        record.contribution = new
 
     def _close(self) -> None:
         self.patches += self._calls
         self.windows += 1
         self.last_window_patches = self._calls
-        self._before, self._carried, self._sizes, self._calls, self._contribution = {}, {}, Counter(), 0, {}
+        self._sizes, self._calls = Counter(), 0
 
     def finish(self) -> int:
         """Close the last window; the total."""

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from audience_sync.audience_config import AudienceSettings, ConfigError, parse
-from devtools.lambda_runtime import load_function
-from devtools.poller import outbox_waiting
+from devtools.lambda_runtime import FakeContext, load_function
+from devtools.poller import SCHEDULED_EVENT, outbox_waiting
 from tests.conftest import AUDIENCE_PREFIX, Stack
 from tests.segment_events import answer, audience_event, sha, signed
 
@@ -241,6 +241,19 @@ def test_an_advertiser_without_a_readable_secret_holds_only_its_own_audiences(
     assert stack.criteo.segments(EU["advertiser_id"])[AUDIENCE_PREFIX + "eu"]["members"]["email"] == {
         sha("a@example.com")
     }
+
+
+def test_a_scheduled_flush_stops_when_only_audiences_without_credentials_wait(stack: Stack) -> None:
+    # Their credentials are read once per invocation: looking again every few seconds until the minute ends
+    # would only bill Lambda time (and did: ~50 s a minute for as long as the secret was missing).
+    configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"eu": {"advertiser": "brand_eu"}}})
+    assert answer(stack.invoke_ingest(signed(enter("m1", "eu", "u1", email="a@example.com"))))[0] == 200
+    assert stack.poller().poll_once() == 1
+    env = stack.aws.function_env(stack.criteo.url, FLUSH_SECONDS="30", FLUSH_POLL_SECONDS="1")
+    scheduled = load_function("sync", env).handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=60))
+    assert scheduled["outbox_audiences"] == 1
+    assert scheduled["outbox_without_credentials"] == 1
+    assert scheduled["flush_passes"] == 1
 
 
 def test_an_audience_moved_to_another_advertiser_gets_its_segment_there(stack: Stack) -> None:

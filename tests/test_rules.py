@@ -206,3 +206,22 @@ def test_a_suppression_stored_while_another_invocation_enters_the_user_is_caught
     assert not Ledger(dynamodb, table, 60).memberships("promo", [user])[user].is_in
     stack.poller().scheduled()
     assert stack.members("promo") == set()
+
+
+def test_a_bad_or_unreadable_document_is_reported_once_not_for_every_event(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every track event may match a rule, so ingest consults the document for each: a bad one used to be
+    # parsed and logged again for every event, an unreadable one read from SSM again for every event.
+    conversions = {"batch": [track(f"m{i}", "Order Completed", f"u{i}", "2026-11-20T12:00:00Z") for i in range(25)]}
+    configure(stack, {"rules": [{"event": "Order Completed", "remov_from": ["cart"]}]})
+    with caplog.at_level("WARNING"):
+        assert answer(stack.invoke_ingest(signed(conversions)))[0] == 200
+        assert answer(stack.invoke_ingest(signed(conversions)))[0] == 200
+    assert sum("configuration refused" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    stack.aws.client("ssm").delete_parameter(Name=stack.aws.audience_settings_parameter)
+    stack.ingest.ssm().clear_cache()  # as when the cached copy's max age has passed
+    with caplog.at_level("WARNING"):
+        assert answer(stack.invoke_ingest(signed(conversions)))[0] == 200
+    assert sum("configuration unreadable" in r.getMessage() for r in caplog.records) == 1

@@ -91,7 +91,6 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         flusher = Flusher(
             advertisers, outbox, dead_letters, options, policy, seconds_left, config=audience_config.current
         )
-        refused = audience_config.refused
         report: FlushReport = run_flushes(
             flusher,
             settings.flush_poll_seconds,
@@ -108,7 +107,7 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         **report.gauges,
         "criteo_credentials_errors": report.counts["criteo_credentials_errors"] + len(advertisers.unreadable()),
         **advertisers.call_counts(),
-        "audience_config_refused": audience_config.refused - refused,
+        "audience_config_refused": int(audience_config.failing),
     }
 
 
@@ -174,7 +173,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         done = "match statistics read"
     else:
         counts = flush(context, keep_flushing_seconds=settings.flush_seconds)
-        answer = {key: counts[key] for key in ("outbox_audiences",) if key in counts}
+        answer = {
+            key: counts[key]
+            for key in ("outbox_audiences", "outbox_without_credentials", "flush_passes")
+            if key in counts
+        }
         done = "outbox flushed"
     for name, value in counts.items():
         unit = MetricUnit.Percent if name.endswith("_percent") else MetricUnit.Count

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -226,26 +227,42 @@ def _lookalike(value: Any, path: str) -> Lookalike:
 
 class ConfigSource:
     """The current document, from `fetch` (Powertools Parameters, which caches it for its max age); a bad or
-    unreadable one is logged (with the path of the bad field) and the last good one stays in use."""
+    unreadable one is logged (with the path of the bad field) and the last good one stays in use. A bad
+    document is parsed and logged once (until it changes); after a failed read, SSM is asked again only after
+    `retry_seconds` (ingest consults the document for every track event)."""
 
-    def __init__(self, fetch: Callable[[], str] | None) -> None:
+    def __init__(
+        self, fetch: Callable[[], str] | None, retry_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.fetch = fetch
-        self.refused = 0  # documents refused or unreadable so far
+        self.retry_seconds = retry_seconds
+        self.clock = clock
+        self.failing = False  # the document in SSM was refused or could not be read, the last time it was
         self._document = ""
+        self._refused = ""
+        self._retry_at = 0.0
         self._config = AudienceConfig()
 
     def current(self) -> AudienceConfig:
         """The last good document (the defaults until one was read)."""
-        if self.fetch is None:
+        if self.fetch is None or self.clock() < self._retry_at:
             return self._config
         try:
             document = self.fetch()
-            if document != self._document:
-                self._config, self._document = parse(document), document
-        except ConfigError as error:
-            self.refused += 1
-            logger.error("audience configuration refused; the last good one stays in use", extra={"reason": str(error)})
         except GetParameterError as error:  # unreadable now (SSM down): keep the last good one
-            self.refused += 1
+            self.failing, self._retry_at = True, self.clock() + self.retry_seconds
             logger.warning("audience configuration unreadable", extra={"reason": type(error).__name__})
+            return self._config
+        if document == self._refused:
+            return self._config
+        if document != self._document:
+            try:
+                self._config, self._document = parse(document), document
+            except ConfigError as error:
+                self.failing, self._refused = True, document
+                logger.error(
+                    "audience configuration refused; the last good one stays in use", extra={"reason": str(error)}
+                )
+                return self._config
+        self.failing = False
         return self._config

@@ -157,7 +157,10 @@ class Flusher:
                 reports = list(pool.map(lambda pair: self._flush(*pair), ready))
         for audience_report in reports:
             report.add(audience_report)
+        report.counts["flush_passes"] += 1
         report.gauges["outbox_audiences"] = len(waiting) - report.emptied
+        unreadable = set(self.advertisers.unreadable())
+        report.gauges["outbox_without_credentials"] = sum(self._settings(w).advertiser in unreadable for w in waiting)
         return report
 
     def _flush(self, waiting: Waiting, mode: str) -> FlushReport:
@@ -361,12 +364,13 @@ def run_flushes(
     renew_lease: Callable[[], bool],
     sleep: Callable[[float], None] = time.sleep,
 ) -> FlushReport:
-    """Ticks every `poll_seconds` while anything waits, `keep_going()` and the flusher lease could be renewed;
-    the reports added up."""
+    """Ticks every `poll_seconds` while anything waits that this invocation can send (an advertiser whose
+    credentials could not be read is read again by the next one), `keep_going()` and the flusher lease could be
+    renewed; the reports added up."""
     total = FlushReport()
     while True:
         total.add(flusher.tick())
-        if not total.gauges["outbox_audiences"] or not keep_going():
+        if total.gauges["outbox_audiences"] <= total.gauges["outbox_without_credentials"] or not keep_going():
             return total
         sleep(poll_seconds)
         if not renew_lease():

@@ -85,6 +85,8 @@ SYNC_METRICS = frozenset(
         "outbox_oldest_seconds",
         "outbox_backlog_seconds",
         "outbox_paused_audiences",
+        "outbox_without_credentials",
+        "flush_passes",
         "identifiers_not_sent_by_setting",
         "audience_config_refused",
         "lookalike_failures",
