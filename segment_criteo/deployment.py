@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from audience_sync.advertisers import Advertiser, Advertisers, app_key
-from audience_sync.audience_config import AudienceConfig, ConfigError, parse
+from audience_sync.audience_config import DEFAULT_ADVERTISER, AudienceConfig, ConfigError, parse
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
@@ -114,17 +114,25 @@ class Deployment:
         return CallBudget(self.dynamodb, self.target.ledger_table, calls_per_minute, app=app_key(client_id))
 
     def segments(self, audiences: Iterable[str]) -> dict[str, Segment]:
-        """Each audience's contact list: its configured `segment_id`, else ours found by name (one search per
-        advertiser); id "" when it has none yet."""
+        """Each audience's contact list: its configured `segment_id`; else the one the sync last sent it to in
+        its advertiser's account (by its name then: a new name in the settings renames it at the next flush);
+        else ours found by name (one search per advertiser finds both); id "" when it has none yet."""
         found: dict[str, dict[str, str]] = {}  # advertiser -> name -> id of our segments
         result = {}
-        for audience in sorted(audiences):
+        audiences = sorted(audiences)
+        remembered = self.outbox.remembered(audiences)
+        for audience in audiences:
             settings = self.config.settings(audience)
             name = settings.segment_name or self.target.name_prefix + audience
+            record = remembered.get(audience, {})
             if settings.segment_id:
                 result[audience] = Segment(audience, settings.advertiser, name, settings.segment_id)
                 continue
             if settings.advertiser not in found:
                 found[settings.advertiser] = self.advertiser(settings.advertiser).directory.ours()
-            result[audience] = Segment(audience, settings.advertiser, name, found[settings.advertiser].get(name, ""))
+            ours = found[settings.advertiser]
+            last = record.get("segment_id", "")
+            if record.get("advertiser", DEFAULT_ADVERTISER) == settings.advertiser and last in ours.values():
+                name = next(n for n, segment_id in ours.items() if segment_id == last)
+            result[audience] = Segment(audience, settings.advertiser, name, ours.get(name, ""))
         return result

@@ -116,6 +116,21 @@ def test_a_new_segment_name_renames_the_segment_the_audience_is_sent_to(stack: S
     assert segments["Carts"]["members"]["email"] == {sha("a@example.com"), sha("b@example.com")}
 
 
+def test_a_new_segment_name_renames_the_segment_of_an_audience_idle_for_hours(stack: Stack) -> None:
+    # An audience that changes weekly: its outbox item expired (TTL, an hour after its last flush) and the
+    # containers are new. It used to get a new, empty segment under the new name, its members left behind.
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    created = stack.criteo.segments()[AUDIENCE_PREFIX + "cart"]["id"]
+    dynamodb = stack.aws.client("dynamodb")
+    dynamodb.delete_item(TableName=stack.aws.ledger_table, Key={"pk": {"S": "outbox"}, "sk": {"S": "cart"}})
+    stack.sync = load_function("sync", stack.aws.function_env(stack.criteo.url))
+    configure(stack, {"audiences": {"cart": {"segment_name": "Carts"}}})
+    sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
+    segments = stack.criteo.segments()
+    assert set(segments) == {"Carts"} and segments["Carts"]["id"] == created
+    assert segments["Carts"]["members"]["email"] == {sha("a@example.com"), sha("b@example.com")}
+
+
 def test_an_existing_segment_id_is_populated_instead_of_one_found_or_created(stack: Stack) -> None:
     existing = stack.criteo.add_foreign_segment("Made in Criteo", advertiser_id=stack.criteo.advertiser_id)
     configure(stack, {"audiences": {"cart": {"segment_id": existing}}})

@@ -124,6 +124,23 @@ def test_resync_repairs_a_segment_emptied_behind_our_back_and_one_with_extra_mem
     assert stack.criteo.spec_violations == []
 
 
+def test_status_and_resync_after_a_rename_use_the_audiences_segment_until_the_flush_renames_it(
+    stack: Stack, target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synced(stack, enter("m1", "cart", "u1"))
+    created = stack.criteo.segments()[AUDIENCE_PREFIX + "cart"]["id"]
+    configure(stack, {"audiences": {"cart": {"segment_name": "Carts"}}})  # renamed at the next flush
+    code, report = run_json(capsys, target, "status", "cart")
+    row = report["audiences"][0]
+    assert code == 0 and (row["segment_id"], row["segment_name"]) == (created, AUDIENCE_PREFIX + "cart")
+    stack.criteo.state.empty(stack.criteo.state.find(stack.criteo.advertiser_id, AUDIENCE_PREFIX + "cart"))
+    code, _ = run_json(capsys, target, "resync", "cart", "--mode", "add")
+    assert code == 0 and stack.criteo.count("create") == 1  # no segment "Carts" made beside it
+    synced(stack, enter("m2", "cart", "u2"))
+    assert set(stack.criteo.segments()) == {"Carts"}
+    assert stack.criteo.segments()["Carts"]["members"]["email"] == {sha("u1@example.com"), sha("u2@example.com")}
+
+
 def test_an_interrupted_resync_resumes_without_sending_a_chunk_twice(
     stack: Stack, target: Target, capsys: pytest.CaptureFixture[str]
 ) -> None:

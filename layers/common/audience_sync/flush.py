@@ -297,6 +297,8 @@ class Flusher:
         renamed if its name in the settings changed; else resolve (or create) it by name. Criteo calls made
         here are charged to the budget."""
         settings = self._settings(waiting)
+        if not waiting.segment_id:
+            self.outbox.recall(waiting)
         if waiting.advertiser != advertiser.name:  # moved to another advertiser: its segments there are new
             forgotten = {"advertiser": advertiser.name, "segment_id": "", "segment_name": "", "lookalike_id": ""}
             self.outbox.remember(waiting.audience_key, forgotten)

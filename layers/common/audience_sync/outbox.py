@@ -14,6 +14,8 @@ Items in the ledger's table:
   `advertiser` whose account they are in.
   Releasing the lease and counting an entry are one write. The item never expires while something waits
   (`seq` must keep growing); idle, it expires after an hour.
+- (`segment`, `<audience>`): the same segment attributes, kept without expiry (written only when they change),
+  so an audience idle for days is still renamed, not sent to a new segment.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 SUMMARIES = "outbox"
+SEGMENTS = "segment"
+SEGMENT_ATTRIBUTES = ("segment_id", "segment_name", "lookalike_id", "advertiser")
 ENTRIES = "out#"
 MAX_IDENTIFIERS_PER_ITEM = 4_000  # ~260 KB of hashed emails before compression: under DynamoDB's 400 KB
 MAX_IDENTIFIERS_PER_FLUSH = 500_000  # read by one flush of an audience (~150 MB decoded): ten full PATCHes
@@ -281,11 +285,27 @@ class Outbox(Table):
 
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
         """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`,
-        `advertiser`)."""
+        `advertiser`), on its item and on its segment record (which does not expire)."""
         names = {f"#{i}": name for i, name in enumerate(attributes)}
         values = {f":{i}": {"S": value} for i, value in enumerate(attributes.values())}
         expression = "SET " + ", ".join(f"#{i} = :{i}" for i in range(len(attributes)))
         self._update_item(audience_key, expression, values, names)
+        self._update_item(audience_key, expression, values, names, condition=None, pk=SEGMENTS)
+
+    def remembered(self, audiences: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The segment records of these audiences (those that have one): attribute -> value."""
+        return {
+            item["sk"]["S"]: {name: item[name]["S"] for name in SEGMENT_ATTRIBUTES if name in item}
+            for item in self._get((SEGMENTS, audience) for audience in audiences)
+        }
+
+    def recall(self, waiting: Waiting) -> None:
+        """Fill in what the audience's segment record remembers, for an item that had forgotten it (new, or
+        expired after an hour idle): the segment to rename, the advertiser it is in, its lookalike."""
+        record = self.remembered([waiting.audience_key]).get(waiting.audience_key, {})
+        waiting.segment_id, waiting.segment_name = record.get("segment_id", ""), record.get("segment_name", "")
+        waiting.lookalike_id = record.get("lookalike_id", "")
+        waiting.advertiser = record.get("advertiser", DEFAULT_ADVERTISER)
 
     def failed(self, waiting: Waiting, retry_at: float) -> None:
         """Count a failed flush and when to try again."""
@@ -299,11 +319,13 @@ class Outbox(Table):
         values: dict[str, Any],
         names: dict[str, str] | None = None,
         condition: str | None = "attribute_exists(pk)",
+        pk: str = SUMMARIES,
     ) -> dict[str, Any] | None:
-        """UpdateItem on the audience's item: the response, or None when `condition` did not hold."""
+        """UpdateItem on the audience's item (or its segment record): the response, or None when `condition` did
+        not hold."""
         arguments: dict[str, Any] = {
             "TableName": self.table,
-            "Key": {"pk": {"S": SUMMARIES}, "sk": {"S": audience_key}},
+            "Key": {"pk": {"S": pk}, "sk": {"S": audience_key}},
             "UpdateExpression": expression,
             "ExpressionAttributeValues": values,
         }
