@@ -49,6 +49,7 @@ BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as th
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
 CALL_KINDS = ("token", "search", "create", "patch")
 ON_DISK_ABOVE = 1_000_000  # larger streams keep the table and the minimum's states on disk (bench/disk.py)
+PROGRESS_EVERY = 1_000_000
 
 
 class SimulatedClock:
@@ -176,6 +177,8 @@ def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> 
             request = []
         windows.add(at, change)
         whole.add(0.0, change)
+        if on_disk and index and index % PROGRESS_EVERY == 0:  # an hour or more per stream: say where it is
+            print(f"[bench] criteo_calls {spec.label}: {index:,} changes in, simulated {at:,.0f} s", flush=True)
         if not on_disk:
             peer_input.append(change)
         run.last_arrival = at
