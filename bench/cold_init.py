@@ -48,7 +48,7 @@ def import_seconds(subject: str) -> float:
 
 def run(quick: bool) -> dict[str, Any]:
     """Median of N runs per subject (interleaved, so drift hits all alike) and the ratios to boto3."""
-    runs = 5 if quick else 21
+    runs = 3 if quick else 21
     samples: dict[str, list[float]] = {name: [] for name in SUBJECTS}
     for name in SUBJECTS:  # warm the bytecode caches once
         import_seconds(name)

@@ -47,6 +47,7 @@ INTERVAL_SECONDS = 60.0  # FlushIntervalSeconds
 STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS); the sync applies what arrived
 BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
+QUICK_STEADY_SECONDS = 600.0  # ... over 10 in quick mode (the test suite's run)
 CALL_KINDS = ("token", "search", "create", "patch")
 ON_DISK_ABOVE = 1_000_000  # larger streams keep the table and the minimum's states on disk (bench/disk.py)
 PROGRESS_EVERY = 1_000_000
@@ -109,8 +110,11 @@ def _per_minute(patches_at: list[tuple[float, int]]) -> tuple[int, float]:
     return peak, (over / total if total else 0.0)
 
 
-def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> dict[str, Any]:
-    """Run one stream through the sync and flush code on the simulated clock; the figures of the run."""
+def simulate(
+    criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool, steady_seconds: float = STEADY_SECONDS
+) -> dict[str, Any]:
+    """Run one stream through the sync and flush code on the simulated clock (a steady one spread over
+    `steady_seconds`); the figures of the run."""
     SEGMENT_IDS.clear()
     criteo_emulator.reset()
     clock = SimulatedClock()
@@ -160,7 +164,7 @@ def simulate(criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool) -> 
         if made:
             run.patches_at.append((now, made))
 
-    duration = spec.changes / BURST_PER_SECOND if burst else STEADY_SECONDS
+    duration = spec.changes / BURST_PER_SECOND if burst else steady_seconds
     next_step = STEP_SECONDS
     peer_input: list[AudienceChange] = []
     for index, change in enumerate(stream(spec)):
@@ -239,23 +243,25 @@ def before_patches(changes: list[AudienceChange]) -> int:
     ).patches_per_batch
 
 
-def one_stream(spec: StreamSpec, burst: bool) -> dict[str, Any]:
+def one_stream(spec: StreamSpec, burst: bool, steady_seconds: float = STEADY_SECONDS) -> dict[str, Any]:
     """One stream against its own emulator (a process of its own when the run has several jobs)."""
     began = time.monotonic()
     with new_emulator() as criteo_emulator:
-        result = simulate(criteo_emulator, spec, burst)
+        result = simulate(criteo_emulator, spec, burst, steady_seconds)
     result["seconds"] = round(time.monotonic() - began, 1)
     print(f"[bench] criteo_calls {result['stream']} {result['mode']}: {result}", flush=True)
     return result
 
 
 def run(quick: bool, max_changes: int = 10_000_000, jobs: int = 1) -> list[dict[str, Any]]:
-    """Every stream of the benchmark up to `max_changes` (1k and 10k over 1 and 20 audiences in quick mode),
-    `jobs` at a time (each stream runs alone on its simulated clock, so its figures do not depend on that)."""
+    """Every stream of the benchmark up to `max_changes` (1k and 10k over 1 and 20 audiences, steady ones over 10
+    minutes, in quick mode), `jobs` at a time (each stream runs alone on its simulated clock, so its figures do
+    not depend on that)."""
     sizes = (1_000, 10_000) if quick else tuple(n for n in (1_000, 100_000, 1_000_000, 10_000_000) if n <= max_changes)
     audiences = (1, 20) if quick else (1, 20, 200, 2_000)
-    streams = [(StreamSpec(n, a), burst) for n in sizes for a in audiences for burst in (True, False)]
+    steady = QUICK_STEADY_SECONDS if quick else STEADY_SECONDS
+    streams = [(StreamSpec(n, a), burst, steady) for n in sizes for a in audiences for burst in (True, False)]
     if jobs <= 1:
-        return [one_stream(spec, burst) for spec, burst in streams]
+        return [one_stream(*stream) for stream in streams]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(one_stream, *zip(*streams, strict=True)))
