@@ -271,14 +271,25 @@ def test_a_scheduled_flush_stops_when_only_audiences_without_credentials_wait(st
     assert scheduled["flush_passes"] == 1
 
 
-def test_an_audience_moved_to_another_advertiser_gets_its_segment_there(stack: Stack) -> None:
+def test_an_audience_moved_to_another_advertiser_gets_its_segment_there(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
     stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
     stack.aws.add_advertiser("brand_eu", EU)
-    sync(stack, enter("m1", "cart", "u1", email="a@example.com"))
+    configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"eu": {"advertiser": "brand_eu"}}})
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"), enter("m0", "eu", "u0", email="z@example.com"))
     configure(
-        stack, {"advertisers": {"brand_eu": {}}, "audiences": {"cart": {"advertiser": "brand_eu", "lookalike": {}}}}
+        stack,
+        {
+            "advertisers": {"brand_eu": {}},
+            "audiences": {"cart": {"advertiser": "brand_eu", "lookalike": {}}, "eu": {"advertiser": "brand_eu"}},
+        },
     )
-    sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
+    with caplog.at_level(logging.WARNING):
+        sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
+    # The operator is told how to bring the members from before (and a new audience's first flush is no move).
+    moves = [r for r in caplog.records if r.getMessage().startswith("audience moved")]
+    assert [(getattr(r, "audience", ""), getattr(r, "was", "")) for r in moves] == [("cart", "default")]
     moved = stack.criteo.segments(EU["advertiser_id"])
     assert moved[AUDIENCE_PREFIX + "cart"]["members"]["email"] == {sha("b@example.com")}
     assert moved[AUDIENCE_PREFIX + "cart (lookalike)"]["seed"] == moved[AUDIENCE_PREFIX + "cart"]["id"]

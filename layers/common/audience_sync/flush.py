@@ -300,6 +300,12 @@ class Flusher:
         if not waiting.segment_id:
             self.outbox.recall(waiting)
         if waiting.advertiser != advertiser.name:  # moved to another advertiser: its segments there are new
+            if waiting.segment_id:  # (a new audience's first flush is no move)
+                logger.warning(
+                    "audience moved to another advertiser: its changes go there from now on; its members from "
+                    "before are sent there by `segment-criteo resync <audience> --mode add`",
+                    extra={"audience": waiting.audience_key, "advertiser": advertiser.name, "was": waiting.advertiser},
+                )
             forgotten = {"advertiser": advertiser.name, "segment_id": "", "segment_name": "", "lookalike_id": ""}
             self.outbox.remember(waiting.audience_key, forgotten)
             waiting.advertiser, waiting.segment_id, waiting.segment_name, waiting.lookalike_id = forgotten.values()
