@@ -71,6 +71,7 @@ class SqsPoller:
         retry_delay_seconds: int = 1,
         function_timeout_seconds: float = 60.0,
         on_batch: Callable[[BatchReport], None] | None = None,
+        context: Callable[[], FakeContext] | None = None,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
@@ -81,6 +82,7 @@ class SqsPoller:
         self.function_timeout_seconds = function_timeout_seconds
         self.stats = PollStats()
         self.on_batch = on_batch  # told about every invocation, after its deletes and retries are settled
+        self.context = context or (lambda: FakeContext(timeout_seconds=self.function_timeout_seconds))
         self.queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
@@ -129,7 +131,7 @@ class SqsPoller:
         self.stats.messages += len(messages)
         started, crashed = time.monotonic(), False
         try:
-            result = self.handler(self._event(messages), FakeContext(timeout_seconds=self.function_timeout_seconds))
+            result = self.handler(self._event(messages), self.context())
             failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
         except Exception:  # a crashed invocation fails the whole batch, as in Lambda
             self.stats.crashed += 1

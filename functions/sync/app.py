@@ -50,7 +50,10 @@ policy = FlushPolicy(
     calls_per_minute=settings.criteo_calls_per_minute,
     retry_seconds=settings.flush_retry_seconds,
 )
-dead_letters = DeadLetters(QueueWriter(boto3.client("sqs", config=aws_config), settings.dead_letter_queue_url))
+sqs = boto3.client("sqs", config=aws_config)
+dead_letters = DeadLetters(QueueWriter(sqs, settings.dead_letter_queue_url))
+# What a batch's time did not reach goes back to the audience-changes queue (absent: handed back whole).
+requeue = QueueWriter(sqs, settings.queue_url) if settings.queue_url else None
 ssm = parameters.SSMProvider(boto_config=aws_config)
 audience_config = ConfigSource(
     (lambda: str(ssm.get(settings.audience_config_parameter, max_age=settings.audience_config_max_age_seconds)))
@@ -149,7 +152,7 @@ def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any]
         return context.get_remaining_time_in_millis() / 1000.0
 
     suppressions = audience_config.current().suppresses_everywhere
-    report = AudienceSync(ledger, outbox, dead_letters, options, seconds_left, suppressions).run(
+    report = AudienceSync(ledger, outbox, dead_letters, options, seconds_left, suppressions, requeue).run(
         messages, receive_counts, queued
     )
     park_exhausted(report, dead_letters, dict(messages), receive_counts, settings.max_receive_count)

@@ -124,6 +124,7 @@ class SyncSettings:
     criteo_secret_arn: str
     ledger_table: str
     dead_letter_queue_url: str
+    queue_url: str = ""  # the audience-changes queue: what a batch's time did not reach is sent back to it
     criteo_base_url: str = "https://api.criteo.com"
     criteo_api_version: str = "2026-07"
     audience_name_prefix: str = "segment_"
@@ -178,6 +179,7 @@ class SyncSettings:
             criteo_secret_arn=env.text("CRITEO_SECRET_ARN"),
             ledger_table=env.text("LEDGER_TABLE"),
             dead_letter_queue_url=env.text("DEAD_LETTER_QUEUE_URL"),
+            queue_url=env.text("QUEUE_URL", ""),
             criteo_base_url=env.text("CRITEO_BASE_URL", cls.criteo_base_url).rstrip("/"),
             criteo_api_version=env.text("CRITEO_API_VERSION", cls.criteo_api_version),
             audience_name_prefix=env.text("AUDIENCE_NAME_PREFIX", cls.audience_name_prefix),

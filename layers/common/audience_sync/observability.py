@@ -87,6 +87,7 @@ SYNC_METRICS = frozenset(
         "outbox_paused_audiences",
         "outbox_without_credentials",
         "flush_passes",
+        "changes_requeued",
         "identifiers_not_sent_by_setting",
         "audience_config_refused",
         "lookalike_failures",

@@ -23,6 +23,7 @@ from audience_sync.records import (
     AudienceChange,
     Parked,
     PoisonMessage,
+    pack_changes,
     unpack,
 )
 
@@ -100,12 +101,15 @@ class AudienceSync:
         options: SyncOptions,
         seconds_left: Callable[[], float],
         suppressions: bool = False,
+        requeue: QueueWriter | None = None,
     ) -> None:
         self.ledger = ledger
         self.outbox = outbox
         self.dead_letters = dead_letters
         self.options = options
         self.seconds_left = seconds_left
+        # The audience-changes queue: what a batch's time did not reach goes back to it as new messages.
+        self.requeue = requeue
         # A rule suppresses users from every audience: enters are checked against their stored suppression.
         self.suppressions = suppressions
         self.redelivered: frozenset[str] = frozenset()
@@ -149,18 +153,41 @@ class AudienceSync:
         if consents is None:
             return report
         recheck: dict[str, UserChanges] = {}
+        not_reached: dict[str, list[Sourced]] = {}
         for audience_key, users in self._longest_waiting_first(by_audience, report):
             if self.seconds_left() < SAFETY_SECONDS:
-                report.hand_back((i.message_id for items in users.values() for i in items), "out of time")
+                for items in users.values():
+                    for item in items:
+                        not_reached.setdefault(item.message_id, []).append(item)
                 continue
             recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
         if self.options.consent_required:
             self._recheck_consent(recheck, consents, report)
         if self.suppressions:
             self._recheck_suppressions(by_audience, suppressed, consents, report)
+        self._requeue_not_reached(not_reached, report)
         if evaluated:
             self._settle_consent(evaluated, report)
         return report
+
+    def _requeue_not_reached(self, not_reached: dict[str, list[Sourced]], report: SyncReport) -> None:
+        """The changes of the audiences the time did not reach go back to the queue as new messages, and their
+        messages count as done: the work done on the others is kept. (Handed back whole, a message whose
+        audiences never all fit in one invocation came back until it was parked.) A message that comes back
+        anyway, carries consent, or whose rest can't be queued is handed back whole, as before."""
+        for message_id, items in not_reached.items():
+            if message_id in report.failed:
+                continue
+            consent = any(i.change.operation in CONSENT_OPERATIONS for i in items)
+            if self.requeue is None or consent:
+                report.hand_back([message_id], "out of time")
+                continue
+            try:
+                self.requeue.send(list(pack_changes([i.change for i in items])))
+            except DependencyUnavailable:
+                report.hand_back([message_id], "out of time")
+                continue
+            report.counts["changes_requeued"] += len(items)
 
     def _longest_waiting_first(
         self, by_audience: dict[str, UserChanges], report: SyncReport
