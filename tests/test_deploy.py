@@ -352,6 +352,7 @@ def test_stack_resources_and_outputs(deployed: Deployed) -> None:
     assert ingest["WEBHOOK_SECRET_ARN"] == outputs["WebhookSecretArn"]
     assert sync["CRITEO_SECRET_ARN"] == outputs["CriteoCredentialsSecretArn"]
     assert sync["DEAD_LETTER_QUEUE_URL"] == outputs["DeadLetterQueueUrl"]
+    assert sync["QUEUE_URL"] == outputs["AudienceChangesQueueUrl"]
     assert sync["LEDGER_TABLE"] == deployed.physical("MembershipLedger")
     mapping = lambda_.get_event_source_mapping(UUID=deployed.physical("AudienceSyncFunctionAudienceChanges"))
     assert mapping["EventSourceArn"] == outputs["AudienceChangesQueueArn"]
@@ -472,7 +473,7 @@ def test_a_signed_delivery_reaches_criteo_through_the_deployed_functions(deploye
     assert run.ingest.answer["statusCode"] == 200, run.ingest.answer
     assert json.loads(run.ingest.answer["body"])["accepted"] == 8
     assert run.sync.answer == {"batchItemFailures": []}
-    assert run.flush.answer == {"outbox_audiences": 0}
+    assert run.flush.answer == {"outbox_audiences": 0, "outbox_without_credentials": 0, "flush_passes": 1}
     members = {name: {k: v for k, v in s["members"].items() if v} for name, s in run.segments.items()}
     assert members == EXPECTED_SEGMENTS
     sqs = deployed.client("sqs")

@@ -149,6 +149,7 @@ class SyncSettings:
         "CRITEO_SECRET_ARN",
         "LEDGER_TABLE",
         "DEAD_LETTER_QUEUE_URL",
+        "QUEUE_URL",
         "CRITEO_BASE_URL",
         "CRITEO_API_VERSION",
         "AUDIENCE_NAME_PREFIX",
