@@ -473,7 +473,12 @@ def test_a_signed_delivery_reaches_criteo_through_the_deployed_functions(deploye
     assert run.ingest.answer["statusCode"] == 200, run.ingest.answer
     assert json.loads(run.ingest.answer["body"])["accepted"] == 8
     assert run.sync.answer == {"batchItemFailures": []}
-    assert run.flush.answer == {"outbox_audiences": 0, "outbox_without_credentials": 0, "flush_passes": 1}
+    # Passes: one, or more when the first found a change not due yet (the flush keeps looking while one waits).
+    assert run.flush.answer["flush_passes"] >= 1
+    assert {k: v for k, v in run.flush.answer.items() if k != "flush_passes"} == {
+        "outbox_audiences": 0,
+        "outbox_without_credentials": 0,
+    }
     members = {name: {k: v for k, v in s["members"].items() if v} for name, s in run.segments.items()}
     assert members == EXPECTED_SEGMENTS
     sqs = deployed.client("sqs")
