@@ -89,7 +89,7 @@ def test_unpack_rejects_poison() -> None:
         '{"v":2,"r":[["a","","upsert","u",1,"m",{}]]}',
         '{"v":2,"r":[["a","","add","u",1,"m",{"email":"x"}]]}',
         '{"v":2,"r":[["a","","add","",1,"m",{}]]}',
-        '{"v":2,"r":[["a","","grant","u",1,"m",{}]]}',  # consent is for every audience: no audience key
+        '{"v":2,"r":[["","","grant","u",1,"m",{"email":["x"]}]]}',  # consent carries no identifiers
         '{"v":2,"p":["a","","upsert","email",["x"]]}',
         '{"v":2,"p":["a","","add","email",[""]]}',
     ):

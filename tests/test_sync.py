@@ -280,3 +280,23 @@ def test_a_message_too_big_for_one_invocation_progresses_instead_of_ending_in_th
     for k in range(7):
         assert stack.members(f"aud{k}") == {sha(f"u{k}@example.com")}
     assert poller.stats.invocations == 7 and poller.stats.failed == 0
+
+
+def test_a_consent_withdrawal_too_big_for_one_invocation_progresses_instead_of_ending_in_the_dlq(
+    moto_server,
+    criteo,  # type: ignore[no-untyped-def]
+) -> None:
+    # A withdrawal re-evaluates every audience of the user; handed back whole when the time ran out, each delivery
+    # started again from all of them, and a user in more audiences than deliveries allowed was parked.
+    stack = make_stack(moto_server, criteo, env={"CONSENT_CATEGORIES": "Advertising"}, max_receive_count=3)
+    user = user_hash("user-of-u@example.com")
+    grant = AudienceChange("", "", "grant", user, 1, "g1", {})
+    enqueue(stack, [grant] + [change(f"aud{k}", "add", "u@example.com", 2, f"e{k}") for k in range(7)])
+    stack.poller().drain()
+    assert all(stack.members(f"aud{k}") == {sha("u@example.com")} for k in range(7))
+    enqueue(stack, [AudienceChange("", "", "deny", user, 3, "d1", {})])
+    poller = stack.poller(context=lambda: OneVisitContext(stack))
+    poller.drain()
+    assert stack.queue_length(stack.aws.dead_letter_queue_url) == 0
+    assert all(stack.members(f"aud{k}") == set() for k in range(7))
+    assert poller.stats.failed == 0

@@ -4,8 +4,10 @@ A message body is `{"v": 2, "r": [[audience, name, op, user, tsMs, messageId, {i
 one record per Segment event, many records per message, because SQS bills (and moto slows) per message.
 `user` is a hash of Segment's userId (else anonymousId), so no user id travels or is stored in clear.
 Operations: `add`/`remove` (an audience's enter/exit) and `grant`/`deny` (consent, for every audience of
-the user; audience and name are empty). A `remove` made by a suppression rule may carry an eighth field,
-`holdUntilMs` (enters before then are held back), and audience `*` (every audience the ledger holds the user in).
+the user; audience and name are empty, except in the re-evaluation of one audience that a sync's time did not
+reach: that audience, under the consent stored by then). A `remove` made by a suppression rule may carry an
+eighth field, `holdUntilMs` (enters before then are held back), and audience `*` (every audience the ledger
+holds the user in).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _valid_row(row: object) -> bool:
         return False
     if operation in MEMBERSHIP_OPERATIONS:
         return bool(audience) and _valid_identifiers(identifiers)
-    return operation in CONSENT_OPERATIONS and not audience and identifiers == {}
+    return operation in CONSENT_OPERATIONS and identifiers == {}
 
 
 def _valid_hold(row: object) -> bool:

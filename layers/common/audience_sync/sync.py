@@ -139,7 +139,7 @@ class AudienceSync:
         for message_id, entry in parked:
             self._put_back(message_id, entry, report)
         for item in items:
-            if item.change.operation in CONSENT_OPERATIONS:
+            if item.change.operation in CONSENT_OPERATIONS and not item.change.audience_key:
                 consent_items.append(item)
             elif item.change.audience_key == ALL_AUDIENCES:
                 everywhere.append(item)
@@ -153,12 +153,15 @@ class AudienceSync:
         if consents is None:
             return report
         recheck: dict[str, UserChanges] = {}
-        not_reached: dict[str, list[Sourced]] = {}
+        not_reached: dict[str, list[AudienceChange]] = {}
         for audience_key, users in self._longest_waiting_first(by_audience, report):
             if self.seconds_left() < SAFETY_SECONDS:
                 for items in users.values():
                     for item in items:
-                        not_reached.setdefault(item.message_id, []).append(item)
+                        # A consent change goes back as the re-evaluation of this audience alone.
+                        not_reached.setdefault(item.message_id, []).append(
+                            item.change._replace(audience_key=audience_key)
+                        )
                 continue
             recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
         if self.options.consent_required:
@@ -170,24 +173,24 @@ class AudienceSync:
             self._settle_consent(evaluated, report)
         return report
 
-    def _requeue_not_reached(self, not_reached: dict[str, list[Sourced]], report: SyncReport) -> None:
+    def _requeue_not_reached(self, not_reached: dict[str, list[AudienceChange]], report: SyncReport) -> None:
         """The changes of the audiences the time did not reach go back to the queue as new messages, and their
         messages count as done: the work done on the others is kept. (Handed back whole, a message whose
-        audiences never all fit in one invocation came back until it was parked.) A message that comes back
-        anyway, carries consent, or whose rest can't be queued is handed back whole, as before."""
-        for message_id, items in not_reached.items():
+        audiences never all fit in one invocation came back until it was parked; a consent change, which
+        re-evaluates every audience of the user, never got further than one delivery's time.) A message that
+        comes back anyway, or whose rest can't be queued, is handed back whole, as before."""
+        for message_id, changes in not_reached.items():
             if message_id in report.failed:
                 continue
-            consent = any(i.change.operation in CONSENT_OPERATIONS for i in items)
-            if self.requeue is None or consent:
+            if self.requeue is None:
                 report.hand_back([message_id], "out of time")
                 continue
             try:
-                self.requeue.send(list(pack_changes([i.change for i in items])))
+                self.requeue.send(list(pack_changes(changes)))
             except DependencyUnavailable:
                 report.hand_back([message_id], "out of time")
                 continue
-            report.counts["changes_requeued"] += len(items)
+            report.counts["changes_requeued"] += len(changes)
 
     def _longest_waiting_first(
         self, by_audience: dict[str, UserChanges], report: SyncReport
