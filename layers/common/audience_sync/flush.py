@@ -297,7 +297,7 @@ class Flusher:
         renamed if its name in the settings changed; else resolve (or create) it by name. Criteo calls made
         here are charged to the budget."""
         settings = self._settings(waiting)
-        if not waiting.segment_id:
+        if not waiting.segment_id and not settings.segment_id:  # (a configured segment is never remembered)
             self.outbox.recall(waiting)
         if waiting.advertiser != advertiser.name:  # moved to another advertiser: its segments there are new
             if waiting.segment_id:  # (a new audience's first flush is no move)

@@ -179,18 +179,18 @@ class AudienceSync:
         audiences never all fit in one invocation came back until it was parked; a consent change, which
         re-evaluates every audience of the user, never got further than one delivery's time.) A message that
         comes back anyway, or whose rest can't be queued, is handed back whole, as before."""
-        for message_id, changes in not_reached.items():
-            if message_id in report.failed:
-                continue
-            if self.requeue is None:
-                report.hand_back([message_id], "out of time")
-                continue
-            try:
-                self.requeue.send(list(pack_changes(changes)))
-            except DependencyUnavailable:
-                report.hand_back([message_id], "out of time")
-                continue
-            report.counts["changes_requeued"] += len(changes)
+        rest = {m: changes for m, changes in not_reached.items() if m not in report.failed}
+        if not rest:
+            return
+        if self.requeue is None:
+            report.hand_back(rest, "out of time")
+            return
+        try:  # one send for every message's rest, packed together (not one send per message)
+            self.requeue.send(list(pack_changes(c for changes in rest.values() for c in changes)))
+        except DependencyUnavailable:  # some may have been sent: applying them twice is harmless
+            report.hand_back(rest, "out of time")
+            return
+        report.counts["changes_requeued"] += sum(len(changes) for changes in rest.values())
 
     def _longest_waiting_first(
         self, by_audience: dict[str, UserChanges], report: SyncReport
