@@ -164,8 +164,9 @@ class SqsPoller:
         return queue_backlog(self.sqs, self.queue_url)
 
     def scheduled(self) -> int | None:
-        """Invoke the handler as the minute schedule does; returns the audiences still waiting in the outbox
-        (None when the invocation did not flush: another held the flusher lease, or it crashed)."""
+        """Invoke the handler as the minute schedule does; returns the audiences still waiting in the outbox or
+        for their members to be carried over to another advertiser (None when the invocation did not flush:
+        another held the flusher lease, or it crashed)."""
         try:
             result = self.handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=self.function_timeout_seconds))
         except Exception:  # as in Lambda: logged, and the next schedule tries again
@@ -173,7 +174,7 @@ class SqsPoller:
             self.stats.crashed += 1
             return None
         waiting = (result or {}).get("outbox_audiences")
-        return None if waiting is None else int(waiting)
+        return None if waiting is None else int(waiting) + int(result.get("moves_pending", 0))
 
     def drain(self, max_seconds: float = 120.0) -> None:
         """Poll until the queue is empty (retries included) and the outbox is flushed, or time runs out."""

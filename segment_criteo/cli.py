@@ -89,7 +89,7 @@ def _status(args: argparse.Namespace, deployment: Deployment) -> int:
         pending = f"{row['pending']} ({row['oldest_pending_seconds']} s)" if row["pending"] else "0"
         table.add_row(
             row["audience"] + (" (paused)" if row["paused"] else ""),
-            row["advertiser"],
+            row["advertiser"] + (" (carrying members over)" if row["carrying_over"] else ""),
             f"{row['segment_name']} [{row['segment_id'] or 'none yet'}]",
             str(row["users_in"]),
             ", ".join(f"{t} {n}" for t, n in row["identifiers"].items()) or "-",

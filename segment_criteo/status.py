@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from audience_sync.criteo.errors import CriteoError
+from audience_sync.moves import Moves
 from segment_criteo.deployment import Deployment
 from segment_criteo.dlq import parked_reasons
 
@@ -29,6 +30,7 @@ class AudienceStatus:
     last_applied: float | None = None  # when the sync last applied a batch to it (unix time; idle > 1 h: None)
     criteo: dict[str, Any] = field(default_factory=dict)  # numberOfIdentifiers, numberOfMatches, matchRate
     lookalike_id: str = ""
+    carrying_over: bool = False  # moved to another advertiser: its members are still being queued for it
 
 
 def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[str, Any]:
@@ -48,6 +50,7 @@ def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[s
     waiting = {w.audience_key: w for w in deployment.outbox.waiting() if wanted is None or w.audience_key in wanted}
     names = (set(identifiers) | set(waiting) | set(deployment.config.audiences)) if wanted is None else wanted
     synced = deployment.outbox.last_synced(names)
+    moving = Moves(deployment.dynamodb, deployment.target.ledger_table).pending()
     now = time.time()
     for audience, segment in deployment.segments(names).items():
         row = AudienceStatus(audience, segment.advertiser, segment.name, segment.id)
@@ -55,6 +58,7 @@ def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[s
         row.identifiers = dict(sorted(identifiers.get(audience, Counter()).items()))
         row.paused = deployment.config.settings(audience).paused
         row.last_applied = synced.get(audience)
+        row.carrying_over = audience in moving
         if audience in waiting:
             row.pending = sum(waiting[audience].counts.values())
             row.oldest_pending_seconds = int(now - waiting[audience].first)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audience_sync.audience_config import AudienceSettings, ConfigError, parse
+from audience_sync.ledger import Ledger
+from audience_sync.moves import Moves, carry_over
+from audience_sync.outbox import Outbox
 from devtools.lambda_runtime import FakeContext, load_function
 from devtools.poller import SCHEDULED_EVENT, outbox_waiting
 from tests.conftest import AUDIENCE_PREFIX, Stack
@@ -287,14 +291,16 @@ def test_an_audience_moved_to_another_advertiser_gets_its_segment_there(
     )
     with caplog.at_level(logging.WARNING):
         sync(stack, enter("m2", "cart", "u2", email="b@example.com"))
-    # The operator is told how to bring the members from before (and a new audience's first flush is no move).
+    # The move is logged (and a new audience's first flush is no move).
     moves = [r for r in caplog.records if r.getMessage().startswith("audience moved")]
     assert [(getattr(r, "audience", ""), getattr(r, "was", "")) for r in moves] == [("cart", "default")]
+    # Its members from before are carried over by the scheduled flush: the new segment holds every member.
     moved = stack.criteo.segments(EU["advertiser_id"])
-    assert moved[AUDIENCE_PREFIX + "cart"]["members"]["email"] == {sha("b@example.com")}
+    assert moved[AUDIENCE_PREFIX + "cart"]["members"]["email"] == {sha("a@example.com"), sha("b@example.com")}
     assert moved[AUDIENCE_PREFIX + "cart (lookalike)"]["seed"] == moved[AUDIENCE_PREFIX + "cart"]["id"]
-    # The first advertiser's segment is left as it was (docs/audience-settings.md: a resync fills the new one).
+    # The first advertiser's segment is left as it was.
     assert stack.members("cart") == {sha("a@example.com")}
+    assert moved[AUDIENCE_PREFIX + "eu"]["members"]["email"] == {sha("z@example.com")}  # not moved: untouched
 
 
 def test_an_advertiser_the_settings_do_not_declare_is_a_configuration_error() -> None:
@@ -316,3 +322,31 @@ def test_the_documented_examples_are_valid_documents() -> None:
         for block in blocks:
             config = parse(block)
             assert config.audiences and config.rules and config.calls_per_minute, doc
+
+
+def test_a_move_is_carried_over_a_page_at_a_time_and_a_change_meanwhile_is_never_overtaken(stack: Stack) -> None:
+    stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
+    stack.aws.add_advertiser("brand_eu", EU)
+    sync(stack, *[enter(f"m{i}", "cart", f"u{i}", email=f"u{i}@example.com") for i in range(10)])
+    configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"cart": {"advertiser": "brand_eu"}}})
+    for payload in (enter("m10", "cart", "u10", email="u10@example.com"), leave("x3", "cart", "u3")):
+        assert answer(stack.invoke_ingest(signed(payload)))[0] == 200
+    stack.poller().poll_once()  # applied and flushed to the new advertiser: the move starts
+    dynamodb = stack.aws.client("dynamodb")
+    moves = Moves(dynamodb, stack.aws.ledger_table)
+    moves.page_items = 4  # a few items per Scan page (the table holds ~25)
+    ledger = Ledger(dynamodb, stack.aws.ledger_table, lock_seconds=60)
+    outbox = Outbox(dynamodb, stack.aws.ledger_table, lock_seconds=60)
+    invocations = 0
+    while moves.pending():
+        one_page = partial(next, iter([True]), False)  # one page per "invocation"
+        counts = carry_over(moves, ledger, outbox, one_page, lock_wait_seconds=1)
+        invocations += 1
+        if invocations == 3:  # a member leaves while the move is under way (carried already or not)
+            assert answer(stack.invoke_ingest(signed(leave("x7", "cart", "u7"))))[0] == 200
+            stack.poller().poll_once()
+        assert counts["moves_pending"] == (1 if moves.pending() else 0)
+    assert invocations > 3
+    stack.poller().drain()
+    moved = stack.criteo.segments(EU["advertiser_id"])[AUDIENCE_PREFIX + "cart"]["members"]["email"]
+    assert moved == {sha(f"u{i}@example.com") for i in range(11) if i not in (3, 7)}

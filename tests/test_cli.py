@@ -20,7 +20,7 @@ from segment_criteo.deployment import Deployment
 from segment_criteo.target import Target, local
 from tests.conftest import AUDIENCE_PREFIX, Stack
 from tests.segment_events import audience_event, sha, signed
-from tests.test_audience_settings import configure
+from tests.test_audience_settings import EU, configure
 
 MADID = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
 
@@ -139,6 +139,24 @@ def test_status_and_resync_after_a_rename_use_the_audiences_segment_until_the_fl
     synced(stack, enter("m2", "cart", "u2"))
     assert set(stack.criteo.segments()) == {"Carts"}
     assert stack.criteo.segments()["Carts"]["members"]["email"] == {sha("u1@example.com"), sha("u2@example.com")}
+
+
+def test_status_shows_an_audience_whose_members_are_being_carried_over_to_another_advertiser(
+    stack: Stack, target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
+    stack.aws.add_advertiser("brand_eu", EU)
+    synced(stack, enter("m1", "cart", "u1"))
+    configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"cart": {"advertiser": "brand_eu"}}})
+    assert stack.invoke_ingest(signed(enter("m2", "cart", "u2")))["statusCode"] == 200
+    stack.poller().poll_once()  # the batch's flush moves it; the schedule carries its members over
+    _, report = run_json(capsys, target, "status", "cart")
+    assert (report["audiences"][0]["advertiser"], report["audiences"][0]["carrying_over"]) == ("brand_eu", True)
+    stack.poller().drain()
+    _, report = run_json(capsys, target, "status", "cart")
+    assert report["audiences"][0]["carrying_over"] is False and report["audiences"][0]["users_in"] == 2
+    members = stack.criteo.segments(EU["advertiser_id"])[AUDIENCE_PREFIX + "cart"]["members"]["email"]
+    assert members == {sha("u1@example.com"), sha("u2@example.com")}
 
 
 def test_an_interrupted_resync_resumes_without_sending_a_chunk_twice(

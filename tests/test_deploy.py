@@ -478,6 +478,7 @@ def test_a_signed_delivery_reaches_criteo_through_the_deployed_functions(deploye
     assert {k: v for k, v in run.flush.answer.items() if k != "flush_passes"} == {
         "outbox_audiences": 0,
         "outbox_without_credentials": 0,
+        "moves_pending": 0,
     }
     members = {name: {k: v for k, v in s["members"].items() if v} for name, s in run.segments.items()}
     assert members == EXPECTED_SEGMENTS

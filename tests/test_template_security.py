@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,18 @@ def test_every_checkov_skip_says_why(resources: dict[str, Any]) -> None:
     assert skips
     for name, skip in skips:
         assert skip["id"].startswith("CKV_") and len(skip.get("comment", "")) > 30, name
+
+
+def test_the_sync_role_allows_every_dynamodb_call_the_shared_package_makes(resources: dict[str, Any]) -> None:
+    # moto does not enforce IAM: a call the role lacks would first fail in AWS (a move's Scan did).
+    code = "".join(path.read_text() for path in (ROOT / "layers" / "common").rglob("*.py"))
+    calls = set(re.findall(r"dynamodb\.([a-z_]+)\(", code)) | set(re.findall(r'get_paginator\("([a-z_]+)"\)', code))
+    calls.discard("get_paginator")
+    needed = {"dynamodb:" + "".join(part.title() for part in call.split("_")) for call in calls}
+    allowed = {
+        action
+        for name, statement in _statements(resources)
+        if name == "SyncRole"
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    }
+    assert "dynamodb:Scan" in needed and needed <= allowed, sorted(needed - allowed)

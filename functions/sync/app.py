@@ -19,9 +19,11 @@ from audience_sync.budget import CallBudget
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
 from audience_sync.criteo.client import CriteoClient
+from audience_sync.errors import DependencyUnavailable
 from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
 from audience_sync.ledger import Ledger
 from audience_sync.match_statistics import measure
+from audience_sync.moves import Moves, carry_over
 from audience_sync.observability import client_config, logger, metrics
 from audience_sync.outbox import Outbox
 from audience_sync.queue import QueueWriter
@@ -29,6 +31,8 @@ from audience_sync.sync import SAFETY_SECONDS, AudienceSync, DeadLetters, SyncOp
 from audience_sync.table import PARALLEL_CALLS
 
 settings = SyncSettings.from_env()
+MOVE_SECONDS = 15.0  # a scheduled invocation spends up to this carrying moved audiences' members over
+MOVE_LOCK_WAIT_SECONDS = 5.0
 # One HTTP session (connection pool) and AWS clients per container, reused by every invocation. The table's
 # client has a connection per thread of its pool; every client gives up well inside the 300 s timeout.
 session = requests.Session()
@@ -37,6 +41,7 @@ secrets = parameters.SecretsProvider(boto_config=aws_config)
 dynamodb = boto3.client("dynamodb", config=client_config(read_timeout=10, attempts=3, pool=PARALLEL_CALLS))
 ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
 outbox = Outbox(dynamodb, settings.ledger_table, settings.lock_seconds)
+moves = Moves(dynamodb, settings.ledger_table)
 options = SyncOptions(
     name_prefix=settings.audience_name_prefix,
     deployment=settings.deployment_id,
@@ -79,9 +84,10 @@ def load_credentials(advertiser: str) -> CriteoCredentials | None:
         return None
 
 
-def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int]:
+def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: bool = False) -> dict[str, int]:
     """Flush what is ready, under the flusher lease (skipped when another invocation holds it); with
-    `keep_flushing_seconds`, keep looking while anything waits. Returns the counts for metrics."""
+    `keep_flushing_seconds`, keep looking while anything waits; with `carry_moves`, first carry the members of
+    audiences moved to another advertiser over, for up to MOVE_SECONDS. Returns the counts for metrics."""
 
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
@@ -91,8 +97,16 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
         return {}
     advertisers = advertisers_for(seconds_left)
     try:
+        carried = carry(seconds_left) if carry_moves else {}
         flusher = Flusher(
-            advertisers, outbox, dead_letters, options, policy, seconds_left, config=audience_config.current
+            advertisers,
+            outbox,
+            dead_letters,
+            options,
+            policy,
+            seconds_left,
+            config=audience_config.current,
+            moves=moves,
         )
         report: FlushReport = run_flushes(
             flusher,
@@ -106,12 +120,31 @@ def flush(context: LambdaContext, keep_flushing_seconds: float) -> dict[str, int
     finally:
         ledger.release_flusher()
     return {
+        **carried,
         **report.counts,
         **report.gauges,
         "criteo_credentials_errors": report.counts["criteo_credentials_errors"] + len(advertisers.unreadable()),
         **advertisers.call_counts(),
         "audience_config_refused": int(audience_config.failing),
     }
+
+
+def carry(seconds_left: Callable[[], float]) -> dict[str, int]:
+    """Carry moved audiences' members over for up to MOVE_SECONDS (docs/audience-settings.md, "Advertisers")."""
+    until = time.monotonic() + MOVE_SECONDS
+    try:
+        return dict(
+            carry_over(
+                moves,
+                ledger,
+                outbox,
+                lambda: time.monotonic() < until and seconds_left() > 2 * SAFETY_SECONDS,
+                MOVE_LOCK_WAIT_SECONDS,
+            )
+        )
+    except DependencyUnavailable as error:  # where it was is saved: the next schedule goes on from there
+        logger.warning("ledger unavailable for a move", extra=dict(reason=str(error)))
+        return {"moves_pending": 1}
 
 
 def advertisers_for(seconds_left: Callable[[], float]) -> Advertisers:
@@ -175,10 +208,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         answer = {key: counts[key] for key in ("segments_measured", "match_rate_percent")}
         done = "match statistics read"
     else:
-        counts = flush(context, keep_flushing_seconds=settings.flush_seconds)
+        counts = flush(context, keep_flushing_seconds=settings.flush_seconds, carry_moves=True)
         answer = {
             key: counts[key]
-            for key in ("outbox_audiences", "outbox_without_credentials", "flush_passes")
+            for key in ("outbox_audiences", "outbox_without_credentials", "flush_passes", "moves_pending")
             if key in counts
         }
         done = "outbox flushed"

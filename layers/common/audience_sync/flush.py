@@ -28,6 +28,7 @@ from audience_sync.criteo.errors import (
 )
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
+from audience_sync.moves import Moves
 from audience_sync.observability import logger
 from audience_sync.outbox import Outbox, Outcome, Waiting, stored_counts
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
@@ -107,8 +108,10 @@ class Flusher:
         seconds_left: Callable[[], float],
         workers: int = 8,
         config: Callable[[], AudienceConfig] = AudienceConfig,
+        moves: Moves | None = None,
     ) -> None:
         self.advertisers = advertisers
+        self.moves = moves  # where an audience moved to another advertiser starts carrying its members over
         self.config = config
         self._config = AudienceConfig()  # this tick's
         self.outbox = outbox
@@ -300,10 +303,11 @@ class Flusher:
         if not waiting.segment_id and not settings.segment_id:  # (a configured segment is never remembered)
             self.outbox.recall(waiting)
         if waiting.advertiser != advertiser.name:  # moved to another advertiser: its segments there are new
-            if waiting.segment_id:  # (a new audience's first flush is no move)
+            if waiting.segment_id and self.moves is not None:  # (a new audience's first flush is no move)
+                self.moves.start(waiting.audience_key)
                 logger.warning(
-                    "audience moved to another advertiser: its changes go there from now on; its members from "
-                    "before are sent there by `segment-criteo resync <audience> --mode add`",
+                    "audience moved to another advertiser: its changes go there from now on, and its members from "
+                    "before are being queued for its segment there (the first advertiser's segment is left as is)",
                     extra={"audience": waiting.audience_key, "advertiser": advertiser.name, "was": waiting.advertiser},
                 )
             forgotten = {"advertiser": advertiser.name, "segment_id": "", "segment_name": "", "lookalike_id": ""}

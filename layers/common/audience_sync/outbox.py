@@ -202,9 +202,12 @@ class Outbox(Table):
                     )
             return
         adds, counter_names, counter_values = _counting(added.counts)
-        values.update({":q": {"N": f"{added.queued:.3f}"}, ":name": {"S": added.name}, **counter_values})
-        names.update({"#last": "last", "#name": "name", **counter_names})
-        summary = "#first = if_not_exists(#first, :q), #last = :now, #name = :name"
+        values.update({":q": {"N": f"{added.queued:.3f}"}, **counter_values})
+        names.update({"#last": "last", **counter_names})
+        summary = "#first = if_not_exists(#first, :q), #last = :now"
+        if added.name:  # (a move's entries have none: the one Segment sent stays)
+            values[":name"], names["#name"] = {"S": added.name}, "name"
+            summary += ", #name = :name"
         adds += " REMOVE #t"
         released = f"SET expires = :zero, synced = :now, {summary} {adds}"
         if self._update_item(audience_key, released, values, names, "#o = :me") is None:  # the lease was lost

@@ -1,0 +1,111 @@
+"""An audience moved to another advertiser: its members from before go to its segment there.
+
+The flush that first sends an audience to its new advertiser starts a move (item `move`/<audience>). The
+scheduled flush then carries it over: a Scan of the ledger, a page at a time, finds the audience's members; each
+page's users are read again under the audience's lease and their identifiers Criteo should hold are queued as
+adds in its outbox. Under the lease no sync folds a change of the audience meanwhile, so an entry queued here
+is never overtaken by an older state: entries are in the order the ledger applied them, and the flush nets
+them as usual (a member's later exit, queued after, still wins). The position is saved after each page, so a
+move spans as many invocations as the table needs; a move started again (moved back, or on again) scans from
+the beginning. The first advertiser's segment is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from audience_sync.ledger import MEMBER, Ledger
+from audience_sync.outbox import Outbox
+from audience_sync.plan import outbox_entry
+from audience_sync.table import Item, Table
+
+MOVES = "move"
+
+
+class Moves(Table):
+    """The moves in progress: per audience, where its Scan of the ledger is (`at`: JSON of the next page's start,
+    "" for the first page)."""
+
+    page_items: int | None = None  # items a Scan page looks at (None: DynamoDB's 1 MB)
+
+    def start(self, audience_key: str) -> None:
+        """Start (or start again) carrying the audience's members over to its new segment."""
+        self._put([{"pk": {"S": MOVES}, "sk": {"S": audience_key}, "at": {"S": ""}}])
+
+    def pending(self) -> dict[str, Item | None]:
+        """Every move in progress: audience -> where its Scan resumes (None: from the start)."""
+        return {
+            item["sk"]["S"]: json.loads(item["at"]["S"]) if item["at"]["S"] else None for item in self._query(MOVES)
+        }
+
+    def advance(self, audience_key: str, start: Item | None) -> None:
+        """Save where the audience's Scan resumes; None: the move is done."""
+        if start is None:
+            self._delete([(MOVES, audience_key)])
+        else:
+            self._put([{"pk": {"S": MOVES}, "sk": {"S": audience_key}, "at": {"S": json.dumps(start)}}])
+
+    def members_page(self, audience_key: str, start: Item | None) -> tuple[list[str], Item | None]:
+        """One page of a Scan of the table for the audience's membership items: their users, and where the next
+        page starts (None: the table is done). Strongly consistent; only ever for a move."""
+        arguments: dict[str, Any] = {
+            "TableName": self.table,
+            "ConsistentRead": True,
+            "FilterExpression": "sk = :m",
+            "ExpressionAttributeValues": {":m": {"S": MEMBER + audience_key}},
+            "ProjectionExpression": "pk",
+        }
+        if start is not None:
+            arguments["ExclusiveStartKey"] = start
+        if self.page_items:
+            arguments["Limit"] = self.page_items
+        page = self._dynamo("Scan", partial(self.dynamodb.scan, **arguments))
+        return [item["pk"]["S"] for item in page.get("Items", [])], page.get("LastEvaluatedKey")
+
+
+def carry_over(
+    moves: Moves, ledger: Ledger, outbox: Outbox, keep_going: Callable[[], bool], lock_wait_seconds: float
+) -> Counter[str]:
+    """Carry the moves in progress over, a page at a time while `keep_going()`; the counts for metrics
+    (`moves_pending`: the moves not finished). A page whose audience lease another invocation holds for longer
+    than `lock_wait_seconds` waits for the next invocation. Raises DependencyUnavailable as the table does."""
+    counts: Counter[str] = Counter()
+    pending = moves.pending()
+    for audience_key, start in pending.items():
+        while keep_going():
+            users, following = moves.members_page(audience_key, start)
+            if users and not _queue_members(ledger, outbox, audience_key, users, lock_wait_seconds, counts):
+                break
+            moves.advance(audience_key, following)
+            start = following
+            if start is None:
+                counts["moves_finished"] += 1
+                break
+    counts["moves_pending"] = len(pending) - counts["moves_finished"]
+    return counts
+
+
+def _queue_members(
+    ledger: Ledger, outbox: Outbox, audience_key: str, users: list[str], lock_wait_seconds: float, counts: Counter[str]
+) -> bool:
+    """Under the audience's lease, queue the identifiers Criteo should hold for these users as adds; False when
+    the lease could not be taken."""
+    seq = outbox.acquire(audience_key, lock_wait_seconds)
+    if seq is None:
+        return False
+    try:
+        states = ledger.memberships(audience_key, users)
+        entry = outbox_entry({user: (state.sent(), {}) for user, state in states.items() if state.sent()})
+        if entry:
+            outbox.append(audience_key, seq, entry, "", outbox.clock())
+            counts["identifiers_carried_over"] += sum(entry.counts().values())
+        else:
+            outbox.release(audience_key)
+    except Exception:
+        outbox.release(audience_key)
+        raise
+    return True
