@@ -350,3 +350,17 @@ def test_a_move_is_carried_over_a_page_at_a_time_and_a_change_meanwhile_is_never
     stack.poller().drain()
     moved = stack.criteo.segments(EU["advertiser_id"])[AUDIENCE_PREFIX + "cart"]["members"]["email"]
     assert moved == {sha(f"u{i}@example.com") for i in range(11) if i not in (3, 7)}
+
+
+def test_an_audience_moved_by_the_settings_alone_moves_without_waiting_for_a_change_of_it(stack: Stack) -> None:
+    stack.criteo.add_app(EU["client_id"], EU["client_secret"], EU["advertiser_id"])
+    stack.aws.add_advertiser("brand_eu", EU)
+    sync(stack, enter("m1", "cart", "u1", email="a@example.com"), enter("m2", "vip", "u2", email="b@example.com"))
+    configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"cart": {"advertiser": "brand_eu"}}})
+    assert stack.poller().scheduled() == 0  # no change of cart came: the schedule moved it and carried it over
+    moved = stack.criteo.segments(EU["advertiser_id"])
+    assert set(moved) == {AUDIENCE_PREFIX + "cart"}
+    assert moved[AUDIENCE_PREFIX + "cart"]["members"]["email"] == {sha("a@example.com")}
+    assert stack.members("cart") == {sha("a@example.com")} and stack.members("vip") == {sha("b@example.com")}
+    patches = stack.criteo.count("patch")
+    assert stack.poller().scheduled() == 0 and stack.criteo.count("patch") == patches  # moved once

@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from audience_sync.advertisers import Advertisers, app_key, secret_id
-from audience_sync.audience_config import ConfigSource
+from audience_sync.audience_config import AudienceConfig, ConfigSource
 from audience_sync.budget import CallBudget
 from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
@@ -23,7 +23,7 @@ from audience_sync.errors import DependencyUnavailable
 from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
 from audience_sync.ledger import Ledger
 from audience_sync.match_statistics import measure
-from audience_sync.moves import Moves, carry_over
+from audience_sync.moves import Moves, carry_over, moved_by_settings
 from audience_sync.observability import client_config, logger, metrics
 from audience_sync.outbox import Outbox
 from audience_sync.queue import QueueWriter
@@ -42,6 +42,7 @@ dynamodb = boto3.client("dynamodb", config=client_config(read_timeout=10, attemp
 ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
 outbox = Outbox(dynamodb, settings.ledger_table, settings.lock_seconds)
 moves = Moves(dynamodb, settings.ledger_table)
+checked_moves: AudienceConfig | None = None  # the settings last compared with where the audiences' segments are
 options = SyncOptions(
     name_prefix=settings.audience_name_prefix,
     deployment=settings.deployment_id,
@@ -130,9 +131,15 @@ def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: boo
 
 
 def carry(seconds_left: Callable[[], float]) -> dict[str, int]:
-    """Carry moved audiences' members over for up to MOVE_SECONDS (docs/audience-settings.md, "Advertisers")."""
+    """Start the moves the settings made (when they changed), then carry moved audiences' members over for up to
+    MOVE_SECONDS (docs/audience-settings.md, `advertiser`)."""
+    global checked_moves
     until = time.monotonic() + MOVE_SECONDS
     try:
+        config = audience_config.current()
+        if config is not checked_moves:
+            moved_by_settings(moves, outbox, config)
+            checked_moves = config
         return dict(
             carry_over(
                 moves,

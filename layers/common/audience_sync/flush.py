@@ -28,7 +28,7 @@ from audience_sync.criteo.errors import (
 )
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
-from audience_sync.moves import Moves
+from audience_sync.moves import MOVED, Moves
 from audience_sync.observability import logger
 from audience_sync.outbox import Outbox, Outcome, Waiting, stored_counts
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
@@ -306,8 +306,7 @@ class Flusher:
             if waiting.segment_id and self.moves is not None:  # (a new audience's first flush is no move)
                 self.moves.start(waiting.audience_key)
                 logger.warning(
-                    "audience moved to another advertiser: its changes go there from now on, and its members from "
-                    "before are being queued for its segment there (the first advertiser's segment is left as is)",
+                    MOVED,
                     extra={"audience": waiting.audience_key, "advertiser": advertiser.name, "was": waiting.advertiser},
                 )
             forgotten = {"advertiser": advertiser.name, "segment_id": "", "segment_name": "", "lookalike_id": ""}

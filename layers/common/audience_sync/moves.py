@@ -18,12 +18,18 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from audience_sync.audience_config import DEFAULT_ADVERTISER, AudienceConfig
 from audience_sync.ledger import MEMBER, Ledger
+from audience_sync.observability import logger
 from audience_sync.outbox import Outbox
 from audience_sync.plan import outbox_entry
 from audience_sync.table import Item, Table
 
 MOVES = "move"
+MOVED = (
+    "audience moved to another advertiser: its changes go there from now on, and its members from before are being "
+    "queued for its segment there (the first advertiser's segment is left as is)"
+)
 
 
 class Moves(Table):
@@ -65,6 +71,25 @@ class Moves(Table):
             arguments["Limit"] = self.page_items
         page = self._dynamo("Scan", partial(self.dynamodb.scan, **arguments))
         return [item["pk"]["S"] for item in page.get("Items", [])], page.get("LastEvaluatedKey")
+
+
+def moved_by_settings(moves: Moves, outbox: Outbox, config: AudienceConfig) -> int:
+    """Start a move for every audience whose settings now name another advertiser than the one its segment is in,
+    without waiting for a change of it to be flushed (a quiet audience would otherwise never move). Its segment
+    record then names the new advertiser, so its next flush finds or creates its segment there. Returns how many
+    moves were started. Call under the flusher lease (a flush of the audience meanwhile would see the move too)."""
+    started = 0
+    for audience_key, record in outbox.every_remembered().items():
+        settings = config.settings(audience_key)
+        was = record.get("advertiser", DEFAULT_ADVERTISER)
+        if not record.get("segment_id") or settings.segment_id or settings.advertiser == was:
+            continue
+        forgotten = {"advertiser": settings.advertiser, "segment_id": "", "segment_name": "", "lookalike_id": ""}
+        outbox.remember(audience_key, forgotten)
+        moves.start(audience_key)
+        logger.warning(MOVED, extra={"audience": audience_key, "advertiser": settings.advertiser, "was": was})
+        started += 1
+    return started
 
 
 def carry_over(

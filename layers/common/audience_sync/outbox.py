@@ -302,6 +302,13 @@ class Outbox(Table):
             for item in self._get((SEGMENTS, audience) for audience in audiences)
         }
 
+    def every_remembered(self) -> dict[str, dict[str, str]]:
+        """Every audience's segment record (eventually consistent: read when the settings changed)."""
+        return {
+            item["sk"]["S"]: {name: item[name]["S"] for name in SEGMENT_ATTRIBUTES if name in item}
+            for item in self._query(SEGMENTS, consistent=False)
+        }
+
     def recall(self, waiting: Waiting) -> None:
         """Fill in what the audience's segment record remembers, for an item that had forgotten it (new, or
         expired after an hour idle): the segment to rename, the advertiser it is in, its lookalike."""
