@@ -112,7 +112,7 @@ class SqsPoller:
                     "receiptHandle": m["ReceiptHandle"],
                     "body": m["Body"],
                     "attributes": m.get("Attributes", {}),
-                    "messageAttributes": m.get("MessageAttributes", {}),
+                    "messageAttributes": esm_attributes(m.get("MessageAttributes", {})),
                     "md5OfBody": m["MD5OfBody"],
                     "eventSource": "aws:sqs",
                     "eventSourceARN": self.queue_arn,
@@ -195,3 +195,18 @@ class SqsPoller:
                 next_schedule = time.monotonic() + schedule_seconds
             if self.poll_once() == 0:
                 stop.wait(0.2)
+
+
+def esm_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Message attributes as the SQS event source mapping puts them in the Lambda event (camelCase keys), from
+    ReceiveMessage's form."""
+    return {
+        name: {
+            "stringValue": value.get("StringValue"),
+            "binaryValue": value.get("BinaryValue"),
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": value["DataType"],
+        }
+        for name, value in attributes.items()
+    }

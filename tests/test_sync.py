@@ -11,7 +11,7 @@ import pytest
 
 from audience_sync.records import AudienceChange, pack_changes
 from devtools.lambda_runtime import FakeContext
-from devtools.poller import outbox_waiting
+from devtools.poller import esm_attributes, outbox_waiting
 from tests.conftest import AUDIENCE_PREFIX, Stack, make_stack
 from tests.segment_events import audience_event, sha, signed, user_hash
 
@@ -300,3 +300,29 @@ def test_a_consent_withdrawal_too_big_for_one_invocation_progresses_instead_of_e
     assert stack.queue_length(stack.aws.dead_letter_queue_url) == 0
     assert all(stack.members(f"aud{k}") == set() for k in range(7))
     assert poller.stats.failed == 0
+
+
+def test_changes_sent_back_to_the_queue_keep_when_they_were_first_queued(stack: Stack) -> None:
+    # A requeued message has a new SentTimestamp: without the original time the flush would take its changes for
+    # new ones and hold them up to one more flush interval.
+    enqueue(stack, [change("a", "add", "a@example.com", 1, "e1"), change("b", "add", "b@example.com", 1, "e2")])
+    sqs = stack.aws.client("sqs")
+    [message] = sqs.receive_message(QueueUrl=stack.aws.queue_url, AttributeNames=["All"])["Messages"]
+    sent = int(message["Attributes"]["SentTimestamp"]) / 1000
+    record = {"messageId": "m", "body": message["Body"], "attributes": message["Attributes"]}
+    assert stack.sync.handler({"Records": [record]}, OneAudienceContext(stack))["batchItemFailures"] == []
+    sqs.delete_message(QueueUrl=stack.aws.queue_url, ReceiptHandle=message["ReceiptHandle"])
+    [requeued] = stack.queued_bodies()
+    assert float(requeued["attributes"]["queued"]["StringValue"]) == pytest.approx(sent, abs=0.001)
+    # Sent back once more, it still says the first time (the event source mapping's attribute format).
+    records = [
+        {
+            "messageId": "r",
+            "body": json.dumps(requeued["body"]),
+            "messageAttributes": esm_attributes(requeued["attributes"]),
+        }
+    ]
+    no_time = FakeContext(timeout_seconds=1)  # nothing is reached: all of it goes back
+    assert stack.sync.handler({"Records": records}, no_time)["batchItemFailures"] == []
+    [again] = stack.queued_bodies()
+    assert float(again["attributes"]["queued"]["StringValue"]) == pytest.approx(sent, abs=0.001)

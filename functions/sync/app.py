@@ -3,6 +3,7 @@ what is ready; the schedule's invocations (every minute) only flush, for as long
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from audience_sync.moves import Moves, carry_over, moved_by_settings
 from audience_sync.observability import client_config, logger, metrics
 from audience_sync.outbox import Outbox
 from audience_sync.queue import QueueWriter
-from audience_sync.sync import SAFETY_SECONDS, AudienceSync, DeadLetters, SyncOptions, park_exhausted
+from audience_sync.sync import QUEUED_ATTRIBUTE, SAFETY_SECONDS, AudienceSync, DeadLetters, SyncOptions, park_exhausted
 from audience_sync.table import PARALLEL_CALLS
 
 settings = SyncSettings.from_env()
@@ -187,6 +188,7 @@ def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any]
     attributes = {r["messageId"]: r.get("attributes", {}) for r in records}
     receive_counts = {m: int(a.get("ApproximateReceiveCount", 0)) for m, a in attributes.items()}
     queued = {m: int(a["SentTimestamp"]) / 1000.0 for m, a in attributes.items() if "SentTimestamp" in a}
+    queued.update(first_queued(records))
 
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
@@ -199,6 +201,17 @@ def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any]
     counts = {**report.counts, "messages_in": len(messages), "failed_messages": len(report.failed)}
     answer = {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed)]}
     return answer, counts
+
+
+def first_queued(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Per message sent back by a sync whose time ran out: when its changes were first queued (a number, in the
+    event source mapping's message attribute format; anything else is ignored)."""
+    found = {}
+    for record in records:
+        value = record.get("messageAttributes", {}).get(QUEUED_ATTRIBUTE, {}).get("stringValue")
+        with contextlib.suppress(TypeError, ValueError):
+            found[record["messageId"]] = float(value)
+    return found
 
 
 @logger.inject_lambda_context(clear_state=True)

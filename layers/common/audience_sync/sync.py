@@ -31,6 +31,8 @@ from audience_sync.records import (
 SAFETY_SECONDS = 5.0
 LEDGER_UNAVAILABLE = "membership ledger unavailable"
 MAX_LOCK_WAIT_SECONDS = 60.0
+# A message attribute: when the changes a sync sent back to the queue were first queued (unix seconds).
+QUEUED_ATTRIBUTE = "queued"
 
 
 class Sourced:
@@ -153,14 +155,15 @@ class AudienceSync:
         if consents is None:
             return report
         recheck: dict[str, UserChanges] = {}
-        not_reached: dict[str, list[AudienceChange]] = {}
+        not_reached: dict[str, list[Sourced]] = {}
         for audience_key, users in self._longest_waiting_first(by_audience, report):
             if self.seconds_left() < SAFETY_SECONDS:
                 for items in users.values():
                     for item in items:
                         # A consent change goes back as the re-evaluation of this audience alone.
+                        change = item.change._replace(audience_key=audience_key)
                         not_reached.setdefault(item.message_id, []).append(
-                            item.change._replace(audience_key=audience_key)
+                            Sourced(change, item.message_id, item.queued)
                         )
                 continue
             recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
@@ -173,24 +176,27 @@ class AudienceSync:
             self._settle_consent(evaluated, report)
         return report
 
-    def _requeue_not_reached(self, not_reached: dict[str, list[AudienceChange]], report: SyncReport) -> None:
+    def _requeue_not_reached(self, not_reached: dict[str, list[Sourced]], report: SyncReport) -> None:
         """The changes of the audiences the time did not reach go back to the queue as new messages, and their
         messages count as done: the work done on the others is kept. (Handed back whole, a message whose
         audiences never all fit in one invocation came back until it was parked; a consent change, which
         re-evaluates every audience of the user, never got further than one delivery's time.) A message that
-        comes back anyway, or whose rest can't be queued, is handed back whole, as before."""
+        comes back anyway, or whose rest can't be queued, is handed back whole, as before. The new messages carry
+        when the oldest of them was first queued (QUEUED_ATTRIBUTE), so the flush does not take them for new."""
         rest = {m: changes for m, changes in not_reached.items() if m not in report.failed}
         if not rest:
             return
         if self.requeue is None:
             report.hand_back(rest, "out of time")
             return
+        items = [item for items in rest.values() for item in items]
+        queued = {QUEUED_ATTRIBUTE: {"DataType": "Number", "StringValue": f"{min(i.queued for i in items):.3f}"}}
         try:  # one send for every message's rest, packed together (not one send per message)
-            self.requeue.send(list(pack_changes(c for changes in rest.values() for c in changes)))
+            self.requeue.send(list(pack_changes(i.change for i in items)), queued)
         except DependencyUnavailable:  # some may have been sent: applying them twice is harmless
             report.hand_back(rest, "out of time")
             return
-        report.counts["changes_requeued"] += sum(len(changes) for changes in rest.values())
+        report.counts["changes_requeued"] += len(items)
 
     def _longest_waiting_first(
         self, by_audience: dict[str, UserChanges], report: SyncReport
