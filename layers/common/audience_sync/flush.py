@@ -30,7 +30,7 @@ from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
 from audience_sync.moves import MOVED, Moves
 from audience_sync.observability import logger
-from audience_sync.outbox import Outbox, Outcome, Waiting, stored_counts
+from audience_sync.outbox import Outbox, Outcome, Waiting, forgotten, stored_counts
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
 from audience_sync.records import ADD, Parked, pack_parked
 from audience_sync.sync import SAFETY_SECONDS, DeadLetters, SyncOptions
@@ -309,9 +309,9 @@ class Flusher:
                     MOVED,
                     extra={"audience": waiting.audience_key, "advertiser": advertiser.name, "was": waiting.advertiser},
                 )
-            forgotten = {"advertiser": advertiser.name, "segment_id": "", "segment_name": "", "lookalike_id": ""}
-            self.outbox.remember(waiting.audience_key, forgotten)
-            waiting.advertiser, waiting.segment_id, waiting.segment_name, waiting.lookalike_id = forgotten.values()
+            moved = forgotten(advertiser.name)
+            self.outbox.remember(waiting.audience_key, moved)
+            waiting.advertiser, waiting.segment_id, waiting.segment_name, waiting.lookalike_id = moved.values()
         if settings.segment_id:
             return settings.segment_id
         name = self._segment_name(waiting)

@@ -21,7 +21,7 @@ from typing import Any
 from audience_sync.audience_config import DEFAULT_ADVERTISER, AudienceConfig
 from audience_sync.ledger import MEMBER, Ledger
 from audience_sync.observability import logger
-from audience_sync.outbox import Outbox
+from audience_sync.outbox import Outbox, forgotten
 from audience_sync.plan import outbox_entry
 from audience_sync.table import Item, Table
 
@@ -40,7 +40,7 @@ class Moves(Table):
 
     def start(self, audience_key: str) -> None:
         """Start (or start again) carrying the audience's members over to its new segment."""
-        self._put([{"pk": {"S": MOVES}, "sk": {"S": audience_key}, "at": {"S": ""}}])
+        self._save(audience_key, "")
 
     def pending(self) -> dict[str, Item | None]:
         """Every move in progress: audience -> where its Scan resumes (None: from the start)."""
@@ -53,7 +53,10 @@ class Moves(Table):
         if start is None:
             self._delete([(MOVES, audience_key)])
         else:
-            self._put([{"pk": {"S": MOVES}, "sk": {"S": audience_key}, "at": {"S": json.dumps(start)}}])
+            self._save(audience_key, json.dumps(start))
+
+    def _save(self, audience_key: str, at: str) -> None:
+        self._put([{"pk": {"S": MOVES}, "sk": {"S": audience_key}, "at": {"S": at}}])
 
     def members_page(self, audience_key: str, start: Item | None) -> tuple[list[str], Item | None]:
         """One page of a Scan of the table for the audience's membership items: their users, and where the next
@@ -73,23 +76,19 @@ class Moves(Table):
         return [item["pk"]["S"] for item in page.get("Items", [])], page.get("LastEvaluatedKey")
 
 
-def moved_by_settings(moves: Moves, outbox: Outbox, config: AudienceConfig) -> int:
+def moved_by_settings(moves: Moves, outbox: Outbox, config: AudienceConfig) -> None:
     """Start a move for every audience whose settings now name another advertiser than the one its segment is in,
     without waiting for a change of it to be flushed (a quiet audience would otherwise never move). Its segment
-    record then names the new advertiser, so its next flush finds or creates its segment there. Returns how many
-    moves were started. Call under the flusher lease (a flush of the audience meanwhile would see the move too)."""
-    started = 0
+    record then names the new advertiser, so its next flush finds or creates its segment there. Call under the
+    flusher lease (a flush of the audience meanwhile would see the move too)."""
     for audience_key, record in outbox.every_remembered().items():
         settings = config.settings(audience_key)
         was = record.get("advertiser", DEFAULT_ADVERTISER)
         if not record.get("segment_id") or settings.segment_id or settings.advertiser == was:
             continue
-        forgotten = {"advertiser": settings.advertiser, "segment_id": "", "segment_name": "", "lookalike_id": ""}
-        outbox.remember(audience_key, forgotten)
+        outbox.remember(audience_key, forgotten(settings.advertiser))
         moves.start(audience_key)
         logger.warning(MOVED, extra={"audience": audience_key, "advertiser": settings.advertiser, "was": was})
-        started += 1
-    return started
 
 
 def carry_over(

@@ -297,17 +297,11 @@ class Outbox(Table):
 
     def remembered(self, audiences: Iterable[str]) -> dict[str, dict[str, str]]:
         """The segment records of these audiences (those that have one): attribute -> value."""
-        return {
-            item["sk"]["S"]: {name: item[name]["S"] for name in SEGMENT_ATTRIBUTES if name in item}
-            for item in self._get((SEGMENTS, audience) for audience in audiences)
-        }
+        return _segment_records(self._get((SEGMENTS, audience) for audience in audiences))
 
     def every_remembered(self) -> dict[str, dict[str, str]]:
         """Every audience's segment record (eventually consistent: read when the settings changed)."""
-        return {
-            item["sk"]["S"]: {name: item[name]["S"] for name in SEGMENT_ATTRIBUTES if name in item}
-            for item in self._query(SEGMENTS, consistent=False)
-        }
+        return _segment_records(self._query(SEGMENTS, consistent=False))
 
     def recall(self, waiting: Waiting) -> None:
         """Fill in what the audience's segment record remembers, for an item that had forgotten it (new, or
@@ -344,6 +338,16 @@ class Outbox(Table):
         if names:
             arguments["ExpressionAttributeNames"] = names
         return self._conditional("UpdateItem", partial(self.dynamodb.update_item, **arguments))
+
+
+def forgotten(advertiser: str) -> dict[str, str]:
+    """The segment attributes of an audience moved to `advertiser`: its segments there are not known yet."""
+    return {"advertiser": advertiser, "segment_id": "", "segment_name": "", "lookalike_id": ""}
+
+
+def _segment_records(items: Iterable[Item]) -> dict[str, dict[str, str]]:
+    """Segment record items as audience -> attribute -> value."""
+    return {item["sk"]["S"]: {name: item[name]["S"] for name in SEGMENT_ATTRIBUTES if name in item} for item in items}
 
 
 def _waiting(item: Item) -> Waiting:
