@@ -2,7 +2,7 @@
 
 Streams of 1k to 10M changes over 1 to 2,000 audiences arrive as a burst (a backfill: Segment delivering as
 fast as it can) or steadily over 30 minutes. Every 5 simulated seconds the sync function applies what
-arrived (AudienceSync: the real fold, ledger and outbox code) and the flusher makes a pass (Flusher: the real
+arrived (AudienceSync: the real fold, ledger and inbox code) and the flusher makes a pass (Flusher: the real
 policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). DynamoDB is the in-memory
 table (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated.
 
@@ -28,6 +28,7 @@ from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
 from audience_sync.flush import Flusher, FlushPolicy
+from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox
 from audience_sync.records import AudienceChange, unpack_changes
@@ -122,7 +123,8 @@ def simulate(
     table = InMemoryTable(on_disk)
     client = cast(Any, table)
     ledger = Ledger(client, "bench", 360, clock=clock)
-    outbox = Outbox(client, "bench", 360, clock=clock)
+    inbox = Inbox(client, "bench", 360, clock=clock)
+    outbox = Outbox(client, "bench", clock=clock)
     budget = CallBudget(client, "bench", BUDGET_PER_MINUTE, clock=clock)
     credentials = CriteoCredentials(DEV_CRITEO["client_id"], DEV_CRITEO["client_secret"], DEV_CRITEO["advertiser_id"])
     criteo = CriteoClient(
@@ -130,10 +132,10 @@ def simulate(
     )
     dead_letters = DeadLetters(cast(Any, _NoQueue()))
     options = SyncOptions()
-    sync = AudienceSync(ledger, outbox, dead_letters, options, lambda: 300.0)
+    sync = AudienceSync(ledger, inbox, dead_letters, options, lambda: 300.0)
     policy = FlushPolicy(interval_seconds=INTERVAL_SECONDS, calls_per_minute=BUDGET_PER_MINUTE)
     advertisers = Advertisers(lambda name: criteo, lambda client_id, rate: budget, options.deployment, frozenset())
-    flusher = Flusher(advertisers, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
+    flusher = Flusher(advertisers, inbox, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
     windows = WindowMinimum(INTERVAL_SECONDS, BUDGET_PER_MINUTE, cast(Any, DiskDict()) if on_disk else None)
     whole = WindowMinimum(math.inf, BUDGET_PER_MINUTE, cast(Any, DiskDict()) if on_disk else None)
     run = Run()
@@ -192,7 +194,7 @@ def simulate(
     while True:
         step(next_step)
         next_step += STEP_SECONDS
-        if not outbox.waiting():
+        if not outbox.waiting() and not any(g.first is not None for g in inbox.waiting()):
             break
         if next_step - started > 48 * 3600:
             raise RuntimeError("the outbox did not drain in 48 simulated hours")

@@ -1,9 +1,10 @@
-"""Benchmark 8: peak memory of the two heaviest steps of one invocation, against the function's memory.
+"""Benchmark 8: peak memory of the three heaviest steps of one invocation, against the function's memory.
 
 Python's allocations (tracemalloc) on top of what the container holds after init: one sync invocation of a
-full 6 MB batch (~35k changes over 2,000 audiences: the ledger's reads and writes, one outbox entry per
-audience), and one flush of an audience read at its limit (`outbox.MAX_IDENTIFIERS_PER_FLUSH` identifiers:
-decode, net, chunk into PATCH bodies).
+full 6 MB batch (~35k changes over 2,000 audiences: the ledger's reads and writes, one inbox entry per group),
+one gathering of an inbox group read at its limit (`outbox.MAX_IDENTIFIERS_PER_FLUSH` identifiers over 100
+audiences: decode, net per audience, write each audience's entry), and one flush of an audience read at that
+limit (decode, net, chunk into PATCH bodies).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any, cast
 
+from audience_sync.inbox import GroupWaiting, Inbox, Slice, group_of
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, MAX_IDENTIFIERS_PER_ITEM, Outbox
 from audience_sync.plan import Entry, net, patches
@@ -36,7 +38,7 @@ def _peak_mb(step: Callable[[], object]) -> float:
 def _apply(batch: list[tuple[str, str]]) -> None:
     table = cast(Any, InMemoryTable())
     sync = AudienceSync(
-        Ledger(table, "m", 360), Outbox(table, "m", 360), DeadLetters(cast(Any, None)), SyncOptions(), lambda: 300.0
+        Ledger(table, "m", 360), Inbox(table, "m", 360), DeadLetters(cast(Any, None)), SyncOptions(), lambda: 300.0
     )
     sync.run(batch)
 
@@ -52,22 +54,43 @@ def _flush_read(outbox: Outbox) -> None:
         json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}})
 
 
+def _filled_group(identifiers: int, audiences: int = 100) -> tuple[Inbox, GroupWaiting]:
+    """An inbox group holding `identifiers` adds over `audiences` audiences, one entry per 4,000."""
+    table = cast(Any, InMemoryTable())
+    inbox = Inbox(table, "m", 360)
+    group = group_of("big")
+    for start in range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM):
+        chunk = range(start, min(identifiers, start + MAX_IDENTIFIERS_PER_ITEM))
+        slices = {
+            f"a{n}": Slice(Entry({}, {"email": {f"{i:064x}" for i in chunk if i % audiences == n}}), "", 0.0)
+            for n in range(audiences)
+        }
+        seq = inbox.acquire(group, 0) or 0
+        inbox.release(group, inbox.append(group, seq, slices))
+    return inbox, next(g for g in inbox.waiting() if g.group == group)
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Peak MB of each step, and the function's memory."""
     changes = 4_000 if quick else 40_000
     batch = sync_batches(generate(StreamSpec(changes, 2_000, seed=5)))[0]
     table = cast(Any, InMemoryTable())
-    outbox = Outbox(table, "m", 360)
+    outbox = Outbox(table, "m")
     identifiers = 40_000 if quick else MAX_IDENTIFIERS_PER_FLUSH
-    for seq, start in enumerate(range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM)):
+    for start in range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM):
         chunk = {f"{i:064x}" for i in range(start, min(identifiers, start + MAX_IDENTIFIERS_PER_ITEM))}
-        outbox.append("big", seq, Entry({}, {"email": chunk}), "Big", 0.0)
+        outbox.append("big", Entry({}, {"email": chunk}), "Big", 0.0)
+    inbox, group = _filled_group(identifiers)
     return {
         "function_memory_mb": FUNCTION_MEMORY_MB,
         "apply_invocation": {
             "changes": sum(b.count('"add"') + b.count('"remove"') for _, b in batch) or changes,
             "messages": len(batch),
             "peak_mb": _peak_mb(lambda: _apply(batch)),
+        },
+        "gather": {
+            "identifiers": identifiers,
+            "peak_mb": _peak_mb(lambda: inbox.gather(group, Outbox(cast(Any, InMemoryTable()), "m"))),
         },
         "flush_read": {"identifiers": identifiers, "peak_mb": _peak_mb(lambda: _flush_read(outbox))},
     }

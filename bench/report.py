@@ -80,7 +80,7 @@ def lines(results: dict[str, Any]) -> list[str]:
             )
         )
     memory = results["memory"]
-    for step in ("apply_invocation", "flush_read"):
+    for step in ("apply_invocation", "gather", "flush_read"):
         row = memory[step]
         out.append(
             _row(

@@ -48,10 +48,12 @@ class PollStats:
 
 
 def outbox_waiting(dynamodb: Any, table: str) -> int:
-    """Audiences with changes waiting in the outbox."""
-    from audience_sync.outbox import Outbox  # the layer is on sys.path once a function is loaded
+    """Audiences with changes waiting in the outbox, and groups with changes waiting in the inbox."""
+    from audience_sync.inbox import Inbox  # the layer is on sys.path once a function is loaded
+    from audience_sync.outbox import Outbox
 
-    return len(Outbox(dynamodb, table, lock_seconds=0).waiting())
+    groups = [g for g in Inbox(dynamodb, table, lock_seconds=0).waiting() if g.first is not None]
+    return len(Outbox(dynamodb, table).waiting()) + len(groups)
 
 
 # What EventBridge Scheduler's minute schedule sends (the handler only checks that it is not an SQS batch).
@@ -164,8 +166,9 @@ class SqsPoller:
         return queue_backlog(self.sqs, self.queue_url)
 
     def scheduled(self) -> int | None:
-        """Invoke the handler as the minute schedule does; returns the audiences still waiting in the outbox or
-        for their members to be carried over to another advertiser (None when the invocation did not flush:
+        """Invoke the handler as the minute schedule does; returns the audiences still waiting in the outbox, the
+        groups waiting in the inbox, and the audiences waiting for their members to be carried over to another
+        advertiser (None when the invocation did not flush:
         another held the flusher lease, or it crashed)."""
         try:
             result = self.handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=self.function_timeout_seconds))
@@ -174,7 +177,9 @@ class SqsPoller:
             self.stats.crashed += 1
             return None
         waiting = (result or {}).get("outbox_audiences")
-        return None if waiting is None else int(waiting) + int(result.get("moves_pending", 0))
+        if waiting is None:
+            return None
+        return int(waiting) + int(result.get("inbox_groups", 0)) + int(result.get("moves_pending", 0))
 
     def drain(self, max_seconds: float = 120.0) -> None:
         """Poll until the queue is empty (retries included) and the outbox is flushed, or time runs out."""

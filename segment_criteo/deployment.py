@@ -1,4 +1,4 @@
-"""What the commands read and call in one deployment: its settings document, its ledger and outbox, and per
+"""What the commands read and call in one deployment: its settings document, its ledger, inbox and outbox, and per
 advertiser a Criteo client within the app's shared call budget."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from audience_sync.audience_config import DEFAULT_ADVERTISER, AudienceConfig, Co
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
+from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox
 from segment_criteo.target import Target, TargetError
 
-LEASE_SECONDS = 360  # an audience lease taken by a command lasts as long as the sync function's
+LEASE_SECONDS = 360  # a group's lease taken by a command lasts as long as the sync function's
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,14 @@ class Deployment:
         return Ledger(self.dynamodb, self.target.ledger_table, LEASE_SECONDS)
 
     @cached_property
+    def inbox(self) -> Inbox:
+        """The inbox (and the groups' leases)."""
+        return Inbox(self.dynamodb, self.target.ledger_table, LEASE_SECONDS)
+
+    @cached_property
     def outbox(self) -> Outbox:
-        """The outbox (and the audiences' leases)."""
-        return Outbox(self.dynamodb, self.target.ledger_table, LEASE_SECONDS)
+        """The outbox."""
+        return Outbox(self.dynamodb, self.target.ledger_table)
 
     @cached_property
     def config(self) -> AudienceConfig:

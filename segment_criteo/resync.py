@@ -2,10 +2,10 @@
 
 Criteo can't list a segment's members, so the repair is: empty it and add the ledger's identifiers again
 (`replace`, which also removes members added behind our back), or only add them again (`add`, for a
-segment emptied by someone, with no gap in between). Under the audience's lease, so no new change is
-applied to it meanwhile (the sync waits, then hands its messages back for later); changes already waiting
-in the outbox commute with the repair (their adds are in the ledger's set, their removes are not). Calls
-are taken from the app's budget, shared with the sync function.
+segment emptied by someone, with no gap in between). Under the lease of the audience's group (inbox.py),
+so no new change is applied to it meanwhile (the sync waits, then hands its messages back for later); changes
+already waiting in the inbox or the outbox commute with the repair (their adds are in the ledger's set, their
+removes are not). Calls are taken from the app's budget, shared with the sync function.
 
 Resumable: progress is kept in the table (`resync`/`<audience>`: emptied, and per identifier type the last
 identifier sent, in sorted order). A new run after an interruption takes a fresh snapshot and sends only
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from audience_sync.identifiers import GUM
+from audience_sync.inbox import group_of
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH
 from audience_sync.records import ADD
 from segment_criteo.deployment import Deployment
@@ -91,13 +92,13 @@ def plan(deployment: Deployment, audiences: list[str] | None, mode: str) -> list
 
 
 def run(deployment: Deployment, plans: list[AudiencePlan], advance: Callable[[int], None]) -> list[dict[str, Any]]:
-    """Carry the plans out, one audience at a time under its lease; `advance(n)` after each chunk."""
+    """Carry the plans out, one audience at a time under its group's lease; `advance(n)` after each chunk."""
     return [_run_one(deployment, p, advance) for p in plans]
 
 
 def _run_one(deployment: Deployment, plan: AudiencePlan, advance: Callable[[int], None]) -> dict[str, Any]:
-    outbox = deployment.outbox
-    if outbox.acquire(plan.audience, LEASE_WAIT_SECONDS) is None:
+    inbox, group = deployment.inbox, group_of(plan.audience)
+    if inbox.acquire(group, LEASE_WAIT_SECONDS) is None:
         raise TargetError(f"{plan.audience}: the sync function held the audience for a minute; try again")
     try:
         advertiser = deployment.advertiser(plan.advertiser)
@@ -118,14 +119,14 @@ def _run_one(deployment: Deployment, plan: AudiencePlan, advance: Callable[[int]
             for start in range(0, len(identifiers), MAX_IDENTIFIERS_PER_PATCH):
                 chunk = identifiers[start : start + MAX_IDENTIFIERS_PER_PATCH]
                 deployment.take(plan.advertiser)
-                if outbox.acquire(plan.audience, 0) is None:  # ours: renewed for another lease period
+                if inbox.acquire(group, 0) is None:  # ours: renewed for another lease period
                     raise TargetError(f"{plan.audience}: the audience's lease was lost; run again to resume")
                 client.patch_contact_list(plan.segment_id, ADD, id_type, chunk, gum_caller_id=gum)
                 _save_progress(deployment, plan.audience, {f"l_{id_type}": chunk[-1]})
                 advance(len(chunk))
         _clear_progress(deployment, plan.audience)
     finally:
-        outbox.release(plan.audience)
+        inbox.release(group)
     return {**asdict(plan), "identifiers": {t: len(ids) for t, ids in plan.identifiers.items()}, "done": True}
 
 

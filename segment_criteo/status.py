@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from audience_sync.criteo.errors import CriteoError
+from audience_sync.inbox import group_of
 from audience_sync.moves import Moves
 from segment_criteo.deployment import Deployment
 from segment_criteo.dlq import parked_reasons
@@ -24,10 +25,11 @@ class AudienceStatus:
     users_in: int = 0  # members by the ledger
     users_sent: int = 0  # members Criteo holds identifiers of (consent allowing)
     identifiers: dict[str, int] = field(default_factory=dict)  # by type, as Criteo should hold them
-    pending: int = 0  # identifier changes waiting in the outbox (an upper bound)
+    pending: int = 0  # identifier changes waiting in the inbox and the outbox (an upper bound)
     oldest_pending_seconds: int = 0
     paused: bool = False
-    last_applied: float | None = None  # when the sync last applied a batch to it (unix time; idle > 1 h: None)
+    # When the sync last applied a batch to its group of audiences (unix time; idle > 1 h: None).
+    last_applied: float | None = None
     criteo: dict[str, Any] = field(default_factory=dict)  # numberOfIdentifiers, numberOfMatches, matchRate
     lookalike_id: str = ""
     carrying_over: bool = False  # moved to another advertiser: its members are still being queued for it
@@ -48,8 +50,10 @@ def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[s
         for id_type, values in held.items():
             counted[id_type] += len(values)
     waiting = {w.audience_key: w for w in deployment.outbox.waiting() if wanted is None or w.audience_key in wanted}
-    names = (set(identifiers) | set(waiting) | set(deployment.config.audiences)) if wanted is None else wanted
-    synced = deployment.outbox.last_synced(names)
+    gathering = _in_inbox(deployment)
+    known = set(identifiers) | set(waiting) | set(gathering) | set(deployment.config.audiences)
+    names = known if wanted is None else wanted
+    synced = deployment.inbox.last_synced({group_of(name) for name in names})
     moving = Moves(deployment.dynamodb, deployment.target.ledger_table).pending()
     now = time.time()
     for audience, segment in deployment.segments(names).items():
@@ -57,17 +61,32 @@ def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[s
         row.users_in, row.users_sent = in_ledger[audience], sent[audience]
         row.identifiers = dict(sorted(identifiers.get(audience, Counter()).items()))
         row.paused = deployment.config.settings(audience).paused
-        row.last_applied = synced.get(audience)
+        row.last_applied = synced.get(group_of(audience))
         row.carrying_over = audience in moving
-        if audience in waiting:
-            row.pending = sum(waiting[audience].counts.values())
-            row.oldest_pending_seconds = int(now - waiting[audience].first)
+        in_outbox = waiting.get(audience)
+        in_inbox, inbox_first = gathering.get(audience, (0, now))
+        row.pending = in_inbox + (sum(in_outbox.counts.values()) if in_outbox else 0)
+        if row.pending:
+            row.oldest_pending_seconds = int(now - min(inbox_first, in_outbox.first if in_outbox else now))
         rows[audience] = row
     _from_criteo(deployment, rows)
     return {
         "audiences": [asdict(r) for r in sorted(rows.values(), key=lambda r: r.audience)],
         **parked_reasons(deployment.target),
     }
+
+
+def _in_inbox(deployment: Deployment) -> dict[str, tuple[int, float]]:
+    """Per audience, the identifier changes waiting in the inbox and when the oldest was queued."""
+    found: dict[str, tuple[int, float]] = {}
+    for group in deployment.inbox.waiting():
+        if group.first is None:
+            continue
+        for _, slices in deployment.inbox.oldest(group.group, max_identifiers=-1)[0]:
+            for audience, piece in slices.items():
+                n, queued = found.get(audience, (0, piece.queued))
+                found[audience] = (n + sum(piece.entry.counts().values()), min(queued, piece.queued))
+    return found
 
 
 def _from_criteo(deployment: Deployment, rows: dict[str, AudienceStatus]) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from audience_sync.audience_config import AudienceSettings, ConfigError, parse
+from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.moves import Moves, carry_over
-from audience_sync.outbox import Outbox
 from devtools.lambda_runtime import FakeContext, load_function
 from devtools.poller import SCHEDULED_EVENT, outbox_waiting
 from tests.conftest import AUDIENCE_PREFIX, Stack
@@ -336,11 +336,11 @@ def test_a_move_is_carried_over_a_page_at_a_time_and_a_change_meanwhile_is_never
     moves = Moves(dynamodb, stack.aws.ledger_table)
     moves.page_items = 4  # a few items per Scan page (the table holds ~25)
     ledger = Ledger(dynamodb, stack.aws.ledger_table, lock_seconds=60)
-    outbox = Outbox(dynamodb, stack.aws.ledger_table, lock_seconds=60)
+    inbox = Inbox(dynamodb, stack.aws.ledger_table, lock_seconds=60)
     invocations = 0
     while moves.pending():
         one_page = partial(next, iter([True]), False)  # one page per "invocation"
-        counts = carry_over(moves, ledger, outbox, one_page, lock_wait_seconds=1)
+        counts = carry_over(moves, ledger, inbox, one_page, lock_wait_seconds=1)
         invocations += 1
         if invocations == 3:  # a member leaves while the move is under way (carried already or not)
             assert answer(stack.invoke_ingest(signed(leave("x7", "cart", "u7"))))[0] == 200

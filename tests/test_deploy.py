@@ -505,6 +505,7 @@ def test_a_signed_delivery_reaches_criteo_through_the_deployed_functions(deploye
     assert run.flush.answer["flush_passes"] >= 1
     assert {k: v for k, v in run.flush.answer.items() if k != "flush_passes"} == {
         "outbox_audiences": 0,
+        "inbox_groups": 0,
         "outbox_without_credentials": 0,
         "moves_pending": 0,
     }

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from audience_sync.inbox import group_of
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.lambda_runtime import FakeContext
 from devtools.local_aws import DEV_CRITEO, MotoServer
@@ -328,12 +329,12 @@ def test_a_segment_created_by_segments_own_destination_is_refused_with_a_clear_r
 
 
 def hold_lease(stack: Stack, audience: str) -> None:
-    """Another (crashed) invocation's lease on an audience, for a minute."""
+    """Another (crashed) invocation's lease on an audience's group, for a minute."""
     stack.aws.client("dynamodb").put_item(
         TableName=stack.aws.ledger_table,
         Item={
-            "pk": {"S": "outbox"},
-            "sk": {"S": audience},
+            "pk": {"S": "inbox"},
+            "sk": {"S": group_of(audience)},
             "owner": {"S": "someone-else"},
             "expires": {"N": str(int(time.time()) + 60)},
         },
@@ -351,7 +352,7 @@ def test_a_withdrawal_whose_re_evaluation_failed_is_finished_by_the_next_consent
     assert result["batchItemFailures"] == [{"itemIdentifier": "x"}]
     sqs.delete_message(QueueUrl=stack.aws.queue_url, ReceiptHandle=message["ReceiptHandle"])  # e.g. parked
     stack.aws.client("dynamodb").delete_item(
-        TableName=stack.aws.ledger_table, Key={"pk": {"S": "outbox"}, "sk": {"S": "cart"}}
+        TableName=stack.aws.ledger_table, Key={"pk": {"S": "inbox"}, "sk": {"S": group_of("cart")}}
     )
     assert stack.members("cart") == {sha("a@example.com")}
     # A later consent event with the same answer changes nothing by itself, but the pending one is finished.

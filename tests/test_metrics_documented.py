@@ -24,7 +24,7 @@ def _readme_metrics(label: str) -> set[str]:
 
 def _emitted_by_sync() -> set[str]:
     code = "".join((LAYER / name).read_text() for name in ("sync.py", "flush.py", "moves.py"))
-    names = set(re.findall(r'counts\["([a-z_]+)"\]', code)) | set(re.findall(r'"(outbox_[a-z_]+)"', code))
+    names = set(re.findall(r'(?:counts|gauges)\["([a-z_]+)"\]', code)) | set(re.findall(r'"(outbox_[a-z_]+)"', code))
     names |= set(re.findall(r'"([a-z_]+)" if plan.operation == ADD else "([a-z_]+)"', code)[0])
     for path in (ROOT / "functions" / "sync" / "app.py", LAYER / "advertisers.py", LAYER / "match_statistics.py"):
         names |= set(re.findall(r'"([a-z_]+)": ', path.read_text()))

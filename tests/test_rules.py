@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from audience_sync.audience_config import ConfigError, Rule, parse
+from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.membership import Membership
-from audience_sync.outbox import Outbox
 from audience_sync.queue import QueueWriter
 from audience_sync.records import ADD, REMOVE, AudienceChange, PoisonMessage, pack_changes, unpack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions, SyncReport
@@ -181,7 +181,7 @@ def test_a_suppression_stored_while_another_invocation_enters_the_user_is_caught
     suppression = AudienceChange("*", "", REMOVE, user, 2_000, "m-suppress", {}, 0)
     enter_promo = AudienceChange("promo", "Promo", ADD, user, 1_000, "m-enter", {"email": [sha("a@example.com")]})
     other = AudienceSync(
-        Ledger(dynamodb, table, 60), Outbox(dynamodb, table, 60), dead_letters, SyncOptions(), lambda: 60.0, True
+        Ledger(dynamodb, table, 60), Inbox(dynamodb, table, 60), dead_letters, SyncOptions(), lambda: 60.0, True
     )
 
     class SuppressedMeanwhile(Ledger):
@@ -195,7 +195,7 @@ def test_a_suppression_stored_while_another_invocation_enters_the_user_is_caught
 
     racing = AudienceSync(
         SuppressedMeanwhile(dynamodb, table, 60),
-        Outbox(dynamodb, table, 60),
+        Inbox(dynamodb, table, 60),
         dead_letters,
         SyncOptions(),
         lambda: 60.0,

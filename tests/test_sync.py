@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from audience_sync.inbox import group_of
 from audience_sync.records import AudienceChange, pack_changes
 from devtools.lambda_runtime import FakeContext
 from devtools.poller import esm_attributes, outbox_waiting
@@ -251,7 +252,8 @@ def test_an_audience_left_out_when_time_ran_out_is_queued_again_and_goes_first_n
 
 
 class OneVisitContext(FakeContext):
-    """A Lambda context with time for one audience: it runs out once the sync has released one audience's lease
+    """A Lambda context with time for one group of audiences: it runs out once the sync has released one group's
+    lease
     (a batch too big for one invocation, as moto made the 1M-change chaos soak's batches of 200 audiences)."""
 
     def __init__(self, stack: Stack) -> None:
@@ -263,7 +265,7 @@ class OneVisitContext(FakeContext):
         items = self.stack.aws.client("dynamodb").query(
             TableName=self.stack.aws.ledger_table,
             KeyConditionExpression="pk = :p",
-            ExpressionAttributeValues={":p": {"S": "outbox"}},
+            ExpressionAttributeValues={":p": {"S": "inbox"}},
         )["Items"]
         visited = sum(float(item.get("synced", {}).get("N", "0")) >= self.began for item in items)
         return 60_000 if visited == 0 else 1_000
@@ -272,6 +274,7 @@ class OneVisitContext(FakeContext):
 def test_a_message_too_big_for_one_invocation_progresses_instead_of_ending_in_the_dlq(stack: Stack) -> None:
     # Handed back whole, a message needs all its audiences done in one delivery: one that never fits came
     # back until its fifth delivery parked it. The audiences not reached now go back to the queue by themselves.
+    assert len({group_of(f"aud{k}") for k in range(7)}) == 7  # seven groups of audiences: seven invocations
     changes = [change(f"aud{k}", "add", f"u{k}@example.com", 1, f"e{k}") for k in range(7)]
     enqueue(stack, changes)  # one message, seven audiences
     poller = stack.poller(context=lambda: OneVisitContext(stack))

@@ -22,6 +22,7 @@ from audience_sync.criteo.auth import CriteoCredentials
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
+from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.match_statistics import measure
 from audience_sync.moves import Moves, carry_over, moved_by_settings
@@ -41,7 +42,8 @@ aws_config = client_config(read_timeout=10, attempts=3)
 secrets = parameters.SecretsProvider(boto_config=aws_config)
 dynamodb = boto3.client("dynamodb", config=client_config(read_timeout=10, attempts=3, pool=PARALLEL_CALLS))
 ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
-outbox = Outbox(dynamodb, settings.ledger_table, settings.lock_seconds)
+inbox = Inbox(dynamodb, settings.ledger_table, settings.lock_seconds)
+outbox = Outbox(dynamodb, settings.ledger_table)
 moves = Moves(dynamodb, settings.ledger_table)
 checked_moves: AudienceConfig | None = None  # the settings last compared with where the audiences' segments are
 options = SyncOptions(
@@ -102,6 +104,7 @@ def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: boo
         carried = carry(seconds_left) if carry_moves else {}
         flusher = Flusher(
             advertisers,
+            inbox,
             outbox,
             dead_letters,
             options,
@@ -145,7 +148,7 @@ def carry(seconds_left: Callable[[], float]) -> dict[str, int]:
             carry_over(
                 moves,
                 ledger,
-                outbox,
+                inbox,
                 lambda: time.monotonic() < until and seconds_left() > 2 * SAFETY_SECONDS,
                 MOVE_LOCK_WAIT_SECONDS,
             )
@@ -194,7 +197,7 @@ def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any]
         return context.get_remaining_time_in_millis() / 1000.0
 
     suppressions = audience_config.current().suppresses_everywhere
-    report = AudienceSync(ledger, outbox, dead_letters, options, seconds_left, suppressions, requeue).run(
+    report = AudienceSync(ledger, inbox, dead_letters, options, seconds_left, suppressions, requeue).run(
         messages, receive_counts, queued
     )
     park_exhausted(report, dead_letters, dict(messages), receive_counts, settings.max_receive_count)
@@ -231,7 +234,13 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         counts = flush(context, keep_flushing_seconds=settings.flush_seconds, carry_moves=True)
         answer = {
             key: counts[key]
-            for key in ("outbox_audiences", "outbox_without_credentials", "flush_passes", "moves_pending")
+            for key in (
+                "outbox_audiences",
+                "inbox_groups",
+                "outbox_without_credentials",
+                "flush_passes",
+                "moves_pending",
+            )
             if key in counts
         }
         done = "outbox flushed"

@@ -1,9 +1,11 @@
-"""The flush: each audience's outbox to Criteo when a call is worth making, within the shared call budget.
+"""The flush: the inbox gathered into each audience's outbox, and each outbox to Criteo when a call is worth
+making, within the shared call budget.
 
-An audience is sent when its oldest waiting change is `interval` old, unless the budget can't send the
-whole backlog within that: then when changes stopped coming for a quiet moment, or when the audience has
-waited as long as the budget needs for the backlog (see FlushPolicy.mode). The budget goes to full groups
-first, then to the oldest (docs/design.md, "Fewest calls").
+A group of the inbox is gathered when its oldest change is `interval` old, or when changes stopped coming
+anywhere for a quiet moment. An audience is sent when its oldest waiting change is `interval` old, unless the
+budget can't send the whole backlog within that: then when changes stopped coming for a quiet moment, or when
+the audience has waited as long as the budget needs for the backlog (see FlushPolicy.mode). The budget goes to
+full groups first, then to the oldest (docs/design.md, "Fewest calls").
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from audience_sync.criteo.errors import (
 )
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
+from audience_sync.inbox import GroupWaiting, Inbox
 from audience_sync.moves import MOVED, Moves
 from audience_sync.observability import logger
 from audience_sync.outbox import Outbox, Outcome, Waiting, forgotten, stored_counts
@@ -101,6 +104,7 @@ class Flusher:
     def __init__(
         self,
         advertisers: Advertisers,
+        inbox: Inbox,
         outbox: Outbox,
         dead_letters: DeadLetters,
         options: SyncOptions,
@@ -114,6 +118,7 @@ class Flusher:
         self.moves = moves  # where an audience moved to another advertiser starts carrying its members over
         self.config = config
         self._config = AudienceConfig()  # this tick's
+        self.inbox = inbox
         self.outbox = outbox
         self.dead_letters = dead_letters
         self.options = options
@@ -124,13 +129,17 @@ class Flusher:
         self._stop = threading.Event()  # the outbox is unavailable: no new flush this tick
 
     def tick(self) -> FlushReport:
-        """One pass: every ready audience, fullest and oldest first, while budget and time last."""
+        """One pass: the inbox groups that are due gathered, then every ready audience, fullest and oldest first,
+        while budget and time last."""
         report = FlushReport()
         self._stop.clear()
         for advertiser in self.advertisers.connected():
             advertiser.app.stop.clear()
         now = self.clock()
         self._config = self.config()
+        groups = self.inbox.waiting()
+        last_change = max((g.last for g in groups), default=0.0)  # the newest append anywhere
+        inbox_groups = self._gather([g for g in groups if g.first is not None], now - last_change, report)
         every = self.outbox.waiting()
         waiting = [w for w in every if not self._settings(w).paused]  # a paused audience's changes wait
         by_advertiser: dict[str, list[Waiting]] = {}
@@ -140,7 +149,6 @@ class Flusher:
             name: self.policy.backlog_seconds(group, self._config.rate(name, self.policy.calls_per_minute))
             for name, group in by_advertiser.items()
         }
-        last_change = max((w.last for w in waiting), default=now)
         ready = [
             (w, mode)
             for w in waiting
@@ -162,9 +170,31 @@ class Flusher:
             report.add(audience_report)
         report.counts["flush_passes"] += 1
         report.gauges["outbox_audiences"] = len(waiting) - report.emptied
+        report.gauges["inbox_groups"] = inbox_groups
         unreadable = set(self.advertisers.unreadable())
         report.gauges["outbox_without_credentials"] = sum(self._settings(w).advertiser in unreadable for w in waiting)
         return report
+
+    def _gather(self, groups: list[GroupWaiting], quiet_for: float, report: FlushReport) -> int:
+        """Gather the groups whose oldest change is `interval` old, or all once changes stopped coming for a quiet
+        moment (a burst is over: everything that shares calls has come); returns the groups still waiting."""
+        quiet = quiet_for >= min(self.policy.quiet_seconds, self.policy.interval_seconds)
+        now = self.clock()
+        left = len(groups)
+        for group in sorted(groups, key=lambda g: g.first or 0.0):
+            if not quiet and now - (group.first or now) < self.policy.interval_seconds:
+                continue
+            if self.seconds_left() < SAFETY_SECONDS:
+                break
+            try:
+                audiences, emptied = self.inbox.gather(group, self.outbox)
+            except DependencyUnavailable as error:  # the entries stay and are gathered again
+                logger.warning("inbox unavailable", extra={"reason": str(error)})
+                report.counts["dependency_errors"] += 1
+                break
+            report.counts["audiences_gathered"] += audiences
+            left -= emptied
+        return left
 
     def _flush(self, waiting: Waiting, mode: str) -> FlushReport:
         report = FlushReport()
@@ -381,7 +411,8 @@ def run_flushes(
     total = FlushReport()
     while True:
         total.add(flusher.tick())
-        if total.gauges["outbox_audiences"] <= total.gauges["outbox_without_credentials"] or not keep_going():
+        unsendable = total.gauges["outbox_audiences"] <= total.gauges["outbox_without_credentials"]
+        if (unsendable and not total.gauges["inbox_groups"]) or not keep_going():
             return total
         sleep(poll_seconds)
         if not renew_lease():

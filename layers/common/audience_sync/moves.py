@@ -2,9 +2,9 @@
 
 The flush that first sends an audience to its new advertiser starts a move (item `move`/<audience>). The
 scheduled flush then carries it over: a Scan of the ledger, a page at a time, finds the audience's members; each
-page's users are read again under the audience's lease and their identifiers Criteo should hold are queued as
-adds in its outbox. Under the lease no sync folds a change of the audience meanwhile, so an entry queued here
-is never overtaken by an older state: entries are in the order the ledger applied them, and the flush nets
+page's users are read again under the lease of the audience's group and their identifiers Criteo should hold
+are queued as adds in the inbox. Under the lease no sync folds a change of the audience meanwhile, so an entry
+queued here is never overtaken by an older state: entries are in the order the ledger applied them, and the flush nets
 them as usual (a member's later exit, queued after, still wins). The position is saved after each page, so a
 move spans as many invocations as the table needs; a move started again (moved back, or on again) scans from
 the beginning. The first advertiser's segment is left as it was.
@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from audience_sync.audience_config import DEFAULT_ADVERTISER, AudienceConfig
+from audience_sync.inbox import Inbox, Slice, group_of
 from audience_sync.ledger import MEMBER, Ledger
 from audience_sync.observability import logger
 from audience_sync.outbox import Outbox, forgotten
@@ -92,17 +93,17 @@ def moved_by_settings(moves: Moves, outbox: Outbox, config: AudienceConfig) -> N
 
 
 def carry_over(
-    moves: Moves, ledger: Ledger, outbox: Outbox, keep_going: Callable[[], bool], lock_wait_seconds: float
+    moves: Moves, ledger: Ledger, inbox: Inbox, keep_going: Callable[[], bool], lock_wait_seconds: float
 ) -> Counter[str]:
     """Carry the moves in progress over, a page at a time while `keep_going()`; the counts for metrics
-    (`moves_pending`: the moves not finished). A page whose audience lease another invocation holds for longer
+    (`moves_pending`: the moves not finished). A page whose group's lease another invocation holds for longer
     than `lock_wait_seconds` waits for the next invocation. Raises DependencyUnavailable as the table does."""
     counts: Counter[str] = Counter()
     pending = moves.pending()
     for audience_key, start in pending.items():
         while keep_going():
             users, following = moves.members_page(audience_key, start)
-            if users and not _queue_members(ledger, outbox, audience_key, users, lock_wait_seconds, counts):
+            if users and not _queue_members(ledger, inbox, audience_key, users, lock_wait_seconds, counts):
                 break
             moves.advance(audience_key, following)
             start = following
@@ -114,22 +115,21 @@ def carry_over(
 
 
 def _queue_members(
-    ledger: Ledger, outbox: Outbox, audience_key: str, users: list[str], lock_wait_seconds: float, counts: Counter[str]
+    ledger: Ledger, inbox: Inbox, audience_key: str, users: list[str], lock_wait_seconds: float, counts: Counter[str]
 ) -> bool:
-    """Under the audience's lease, queue the identifiers Criteo should hold for these users as adds; False when
-    the lease could not be taken."""
-    seq = outbox.acquire(audience_key, lock_wait_seconds)
+    """Under the lease of the audience's group, queue the identifiers Criteo should hold for these users as adds;
+    False when the lease could not be taken."""
+    group = group_of(audience_key)
+    seq = inbox.acquire(group, lock_wait_seconds)
     if seq is None:
         return False
     try:
         states = ledger.memberships(audience_key, users)
         entry = outbox_entry({user: (state.sent(), {}) for user, state in states.items() if state.sent()})
-        if entry:
-            outbox.append(audience_key, seq, entry, "", outbox.clock())
-            counts["identifiers_carried_over"] += sum(entry.counts().values())
-        else:
-            outbox.release(audience_key)
+        appended = inbox.append(group, seq, {audience_key: Slice(entry, "", inbox.clock())}) if entry else None
+        inbox.release(group, appended)
+        counts["identifiers_carried_over"] += appended.identifiers if appended else 0
     except Exception:
-        outbox.release(audience_key)
+        inbox.release(group)
         raise
     return True

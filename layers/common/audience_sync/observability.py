@@ -81,6 +81,8 @@ SYNC_METRICS = frozenset(
         "flush_failures",
         "dead_lettered_identifiers",
         "dependency_errors",
+        "inbox_groups",
+        "audiences_gathered",
         "outbox_audiences",
         "outbox_oldest_seconds",
         "outbox_backlog_seconds",

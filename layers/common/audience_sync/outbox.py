@@ -1,42 +1,36 @@
 """The outbox: per audience, the contact-list changes the ledger holds and Criteo does not have yet.
 
-The sync appends one entry per audience and batch (under the audience's lease, numbered by it); the flusher
-nets an audience's entries and sends them when the group is worth a call (docs/design.md, "Fewest calls").
-Items in the ledger's table:
+The flusher gathers them from the inbox (inbox.py: one entry per group of audiences and sync batch) into one
+entry per audience and gathering, nets an audience's entries and sends them when the group is worth a call
+(docs/design.md, "Fewest calls"). The flusher is the outboxes' only writer. Items in the ledger's table:
 - (`out#<audience>`, `<seq>#<part>`): an entry (`d`: zlib-compressed JSON `{"r": {type: [ids]}, "a": ...}`,
   `q`: when its oldest change was queued);
-- (`outbox`, `<audience>`): the audience's item. Its lease (`owner`, `expires`, `synced`), which keeps two
-  sync invocations from interleaving the audience's changes, and `seq`, one more at every taking, which
-  orders its entries; what is waiting: `first` (oldest change queued; absent: nothing waits), `last` (last
-  append), `name` (Segment's display name), `n_<op>_<type>` (identifiers appended, an upper bound),
-  `fails` and `retry` (backoff after a failed call); `segment_id` and `segment_name`, the Criteo segment
-  the flusher last sent the audience to (a new name in the settings renames it), `lookalike_id`, and the
-  `advertiser` whose account they are in.
-  Releasing the lease and counting an entry are one write. The item never expires while something waits
-  (`seq` must keep growing); idle, it expires after an hour.
+- (`outbox`, `<audience>`): the audience's item. `seq`, one more at every append, orders its entries; what is
+  waiting: `first` (oldest change queued; absent: nothing waits), `last` (last append), `name` (Segment's
+  display name), `n_<op>_<type>` (identifiers appended, an upper bound), `fails` and `retry` (backoff after a
+  failed call); `segment_id` and `segment_name`, the Criteo segment the flusher last sent the audience to (a new
+  name in the settings renames it), `lookalike_id`, and the `advertiser` whose account they are in. The item
+  never expires while something waits (`seq` must keep growing); emptied, it expires after an hour.
 - (`segment`, `<audience>`): the same segment attributes, kept without expiry (written only when they change),
   so an audience idle for days is still renamed, not sent to a new segment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from audience_sync.audience_config import DEFAULT_ADVERTISER
-from audience_sync.errors import DependencyUnavailable
 from audience_sync.plan import Entry
 from audience_sync.records import REMOVE
 from audience_sync.table import LEASE_KEPT_SECONDS, Item, Table
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
+    pass
 
 SUMMARIES = "outbox"
 SEGMENTS = "segment"
@@ -65,15 +59,6 @@ class Waiting:
     advertiser: str = DEFAULT_ADVERTISER  # whose account those segments are in
 
 
-@dataclass(frozen=True)
-class Added:
-    """What an entry adds to its audience's summary."""
-
-    counts: dict[Group, int]
-    name: str
-    queued: float
-
-
 @dataclass
 class Stored:
     """One stored entry."""
@@ -98,22 +83,30 @@ class Outcome:
     complete: bool = True  # the entries read were all the audience had
 
 
-def encode(entry: Entry) -> bytes:
-    """An entry as stored."""
-    document = {
+def document(entry: Entry) -> dict[str, dict[str, list[str]]]:
+    """An entry as JSON: `{"r": {type: [ids]}, "a": ...}`."""
+    return {
         key: {t: sorted(ids) for t, ids in by_type.items() if ids}
         for key, by_type in (("r", entry.removes), ("a", entry.adds))
     }
-    return zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 6)
 
 
-def decode(data: bytes) -> Entry:
-    """An entry from its stored form."""
-    document = json.loads(zlib.decompress(data))
+def entry_of(document: dict[str, Any]) -> Entry:
+    """An entry from its JSON."""
     return Entry(
         {t: set(ids) for t, ids in document.get("r", {}).items()},
         {t: set(ids) for t, ids in document.get("a", {}).items()},
     )
+
+
+def encode(entry: Entry) -> bytes:
+    """An entry as stored."""
+    return zlib.compress(json.dumps(document(entry), separators=(",", ":")).encode(), 6)
+
+
+def decode(data: bytes) -> Entry:
+    """An entry from its stored form."""
+    return entry_of(json.loads(zlib.decompress(data)))
 
 
 def split(entry: Entry, size: int = MAX_IDENTIFIERS_PER_ITEM) -> list[Entry]:
@@ -149,21 +142,23 @@ def _counting(counts: dict[Group, int]) -> tuple[str, dict[str, str], dict[str, 
 
 
 class Outbox(Table):
-    """The outbox items of the table, and the audiences' leases."""
+    """The outbox items of the table."""
 
-    def __init__(
-        self, dynamodb: DynamoDBClient, table: str, lock_seconds: int, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(dynamodb, table, clock)
-        self.lock_seconds = lock_seconds
-
-    def acquire(self, audience_key: str, wait_seconds: float) -> int | None:
-        """Take the audience's lease, waiting up to `wait_seconds` for another holder to finish; returns the
-        sequence number to store entries under, or None."""
-        return self._lease((SUMMARIES, audience_key), self.lock_seconds, wait_seconds, None)
-
-    def store(self, audience_key: str, seq: int, entry: Entry, name: str, queued: float) -> Added:
-        """Store an entry under the audience's lease `seq` (in parts); `release` counts it."""
+    def append(self, audience_key: str, entry: Entry, name: str, queued: float) -> None:
+        """Append an entry: the audience's item numbers and counts it (first), then it is stored (in parts). An
+        entry counted but not stored only makes a flush find less than the counts said."""
+        if not entry:
+            return
+        adds, names, values = _counting(entry.counts())
+        values.update({":q": {"N": f"{queued:.3f}"}, ":now": {"N": f"{self.clock():.3f}"}, ":one": {"N": "1"}})
+        names.update({"#first": "first", "#last": "last", "#t": "ttl"})
+        summary = "SET #first = if_not_exists(#first, :q), #last = :now"
+        if name:  # (a move's entries have none: the one Segment sent stays)
+            values[":name"], names["#name"] = {"S": name}, "name"
+            summary += ", #name = :name"
+        expression = f"{summary} {adds}, seq :one REMOVE #t"
+        response = self._update_item(audience_key, expression, values, names, None, returned="UPDATED_NEW") or {}
+        seq = int(response["Attributes"]["seq"]["N"])
         self._put(
             [
                 {
@@ -175,54 +170,11 @@ class Outbox(Table):
                 for index, part in enumerate(split(entry))
             ]
         )
-        return Added(entry.counts(), name, queued)
-
-    def append(self, audience_key: str, seq: int, entry: Entry, name: str, queued: float) -> None:
-        """Store an entry and release the lease, counting it."""
-        self.release(audience_key, self.store(audience_key, seq, entry, name, queued))
-
-    def release(self, audience_key: str, added: Added | None = None) -> None:
-        """Give the audience's lease back. With `added`, the summary counts it in the same write, and
-        DependencyUnavailable says it could not be (the entry is not known to the flusher). Without, this never
-        fails (a lease expires anyway), and an audience with nothing waiting starts to expire."""
-        now = f"{self.clock():.3f}"
-        values: dict[str, Any] = {":me": {"S": self.owner}, ":zero": {"N": "0"}, ":now": {"N": now}}
-        names = {"#o": "owner", "#first": "first", "#t": "ttl"}
-        if added is None:
-            values[":ttl"] = {"N": str(int(float(now)) + LEASE_KEPT_SECONDS)}
-            idle = "SET expires = :zero, synced = :now, #t = :ttl"
-            with contextlib.suppress(DependencyUnavailable):
-                if (
-                    self._update_item(audience_key, idle, values, names, "#o = :me AND attribute_not_exists(#first)")
-                    is None
-                ):
-                    del values[":ttl"]  # something waits: it must not expire
-                    self._update_item(
-                        audience_key, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me"
-                    )
-            return
-        adds, counter_names, counter_values = _counting(added.counts)
-        values.update({":q": {"N": f"{added.queued:.3f}"}, **counter_values})
-        names.update({"#last": "last", **counter_names})
-        summary = "#first = if_not_exists(#first, :q), #last = :now"
-        if added.name:  # (a move's entries have none: the one Segment sent stays)
-            values[":name"], names["#name"] = {"S": added.name}, "name"
-            summary += ", #name = :name"
-        adds += " REMOVE #t"
-        released = f"SET expires = :zero, synced = :now, {summary} {adds}"
-        if self._update_item(audience_key, released, values, names, "#o = :me") is None:  # the lease was lost
-            del values[":me"], values[":zero"], names["#o"]
-            self._update_item(audience_key, f"SET {summary} {adds}", values, names, None)
 
     def waiting(self) -> list[Waiting]:
         """Every audience with something waiting. Eventually consistent (half the read units): a summary a
         moment old only delays a flush, and what a flush does with it is conditional on the item as it is."""
         return [_waiting(item) for item in self._query(SUMMARIES, consistent=False) if "first" in item]
-
-    def last_synced(self, audiences: Iterable[str]) -> dict[str, float]:
-        """When each audience's lease was last released (absent: never, or idle for over an hour)."""
-        items = self._get((SUMMARIES, audience) for audience in audiences)
-        return {item["sk"]["S"]: float(item["synced"]["N"]) for item in items if "synced" in item}
 
     def entries(self, audience_key: str) -> list[Stored]:
         """All of an audience's entries, oldest first."""
@@ -324,6 +276,7 @@ class Outbox(Table):
         names: dict[str, str] | None = None,
         condition: str | None = "attribute_exists(pk)",
         pk: str = SUMMARIES,
+        returned: str = "NONE",
     ) -> dict[str, Any] | None:
         """UpdateItem on the audience's item (or its segment record): the response, or None when `condition` did
         not hold."""
@@ -332,6 +285,7 @@ class Outbox(Table):
             "Key": {"pk": {"S": pk}, "sk": {"S": audience_key}},
             "UpdateExpression": expression,
             "ExpressionAttributeValues": values,
+            "ReturnValues": returned,
         }
         if condition:
             arguments["ConditionExpression"] = condition

@@ -1,5 +1,6 @@
-"""The sync use case: one SQS batch → per-user ledger changes → one outbox entry per audience, with exact
-failure reporting. The flush (flush.py) takes the outbox to Criteo."""
+"""The sync use case: one SQS batch → per-user ledger changes → one inbox entry per group of audiences, with
+exact failure reporting. The flush (flush.py) gathers the inbox into each audience's outbox and takes it to
+Criteo."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from audience_sync.errors import DependencyUnavailable
+from audience_sync.inbox import Appended, Inbox, Slice, group_of
 from audience_sync.ledger import Consent, Ledger, Suppression
 from audience_sync.membership import ByType, Membership, difference
 from audience_sync.observability import logger
-from audience_sync.outbox import Outbox
 from audience_sync.plan import Entry, outbox_entry
 from audience_sync.queue import QueueWriter
 from audience_sync.records import (
@@ -90,15 +91,32 @@ class SyncOptions:
 
 
 UserChanges = dict[str, list[Sourced]]  # user -> their changes in this batch (consent-only users: consent)
+AudienceChanges = dict[str, UserChanges]  # audience -> its users' changes
+
+
+@dataclass
+class Folded:
+    """One audience's changes folded into its users' ledger states, not saved yet."""
+
+    users: UserChanges
+    befores: dict[str, Membership]  # the states read
+    changed: dict[str, Membership]  # the states to save
+    differences: dict[str, tuple[ByType, ByType]]  # per user (added, removed) identifiers
+    new_members: set[str]
+
+    @property
+    def ahead(self) -> dict[str, Membership]:
+        """Users gaining identifiers: saved before the entry is stored (see `AudienceSync._apply_group`)."""
+        return {u: self.changed[u] for u, (added, _) in self.differences.items() if added and u in self.changed}
 
 
 class AudienceSync:
-    """Applies a batch of packed change records to the ledger and the outbox."""
+    """Applies a batch of packed change records to the ledger and the inbox."""
 
     def __init__(
         self,
         ledger: Ledger,
-        outbox: Outbox,
+        inbox: Inbox,
         dead_letters: DeadLetters,
         options: SyncOptions,
         seconds_left: Callable[[], float],
@@ -106,7 +124,7 @@ class AudienceSync:
         requeue: QueueWriter | None = None,
     ) -> None:
         self.ledger = ledger
-        self.outbox = outbox
+        self.inbox = inbox
         self.dead_letters = dead_letters
         self.options = options
         self.seconds_left = seconds_left
@@ -125,12 +143,12 @@ class AudienceSync:
         """Sync a batch of (SQS message id, body); returns the message ids that must come back.
 
         `receive_counts` (SQS's ApproximateReceiveCount per message): a message delivered again may come from a
-        sync that wrote its users ahead and died before their identifiers reached the outbox, so their adds
+        sync that wrote its users ahead and died before their identifiers reached the inbox, so their adds
         are queued again. `queued` (SQS's SentTimestamp per message, in seconds): how long changes have waited.
 
-        The audiences synced longest ago go first: when time runs out, the ones left for the next delivery
-        are never the same again and again (the last in a fixed order was handed back until its messages
-        were parked, in the chaos soak).
+        The groups of audiences synced longest ago go first: when time runs out, the ones left for the next
+        delivery are never the same again and again (the last in a fixed order was handed back until its
+        messages were parked, in the chaos soak). A group another invocation holds waits until the others are done.
         """
         report = SyncReport()
         self.redelivered = frozenset(m for m, count in (receive_counts or {}).items() if count > 1)
@@ -154,19 +172,19 @@ class AudienceSync:
         consents = self._read_consents(by_audience, report)
         if consents is None:
             return report
-        recheck: dict[str, UserChanges] = {}
+        recheck: AudienceChanges = {}
         not_reached: dict[str, list[Sourced]] = {}
-        for audience_key, users in self._longest_waiting_first(by_audience, report):
-            if self.seconds_left() < SAFETY_SECONDS:
-                for items in users.values():
-                    for item in items:
-                        # A consent change goes back as the re-evaluation of this audience alone.
-                        change = item.change._replace(audience_key=audience_key)
-                        not_reached.setdefault(item.message_id, []).append(
-                            Sourced(change, item.message_id, item.queued)
-                        )
-                continue
-            recheck[audience_key] = self._sync_audience(audience_key, users, consents, report)
+        busy: list[tuple[str, AudienceChanges]] = []  # groups another invocation held: waited for at the end
+        for wait, groups in ((False, self._longest_waiting_first(by_audience, report)), (True, busy)):
+            for group, audiences in groups:
+                if self.seconds_left() < SAFETY_SECONDS:
+                    _not_reached(audiences, not_reached)
+                    continue
+                done = self._sync_group(group, audiences, consents, report, wait)
+                if done is None:
+                    busy.append((group, audiences))
+                else:
+                    recheck.update(done)
         if self.options.consent_required:
             self._recheck_consent(recheck, consents, report)
         if self.suppressions:
@@ -200,13 +218,17 @@ class AudienceSync:
 
     def _longest_waiting_first(
         self, by_audience: dict[str, UserChanges], report: SyncReport
-    ) -> list[tuple[str, UserChanges]]:
+    ) -> list[tuple[str, AudienceChanges]]:
+        """The batch's audiences by group, the groups synced longest ago first."""
+        groups: dict[str, AudienceChanges] = {}
+        for audience_key, users in sorted(by_audience.items()):
+            groups.setdefault(group_of(audience_key), {})[audience_key] = users
         try:
-            synced = self.outbox.last_synced(by_audience)
+            synced = self.inbox.last_synced(groups)
         except DependencyUnavailable as error:  # the leases will tell; the order is only a fairness aid
             logger.warning(LEDGER_UNAVAILABLE, extra={"reason": str(error)})
             synced = {}
-        return sorted(by_audience.items(), key=lambda entry: (synced.get(entry[0], 0.0), entry[0]))
+        return sorted(groups.items(), key=lambda entry: (synced.get(entry[0], 0.0), entry[0]))
 
     def _decode(
         self, messages: list[tuple[str, str]], queued: Mapping[str, float], report: SyncReport
@@ -233,20 +255,21 @@ class AudienceSync:
         return items, parked
 
     def _put_back(self, message_id: str, parked: Parked, report: SyncReport) -> None:
-        """A parked PATCH redriven from the DLQ goes back into its audience's outbox as it was."""
+        """A parked PATCH redriven from the DLQ goes back into its audience's outbox (through the inbox) as it
+        was."""
         identifiers = {parked.identifier_type: set(parked.identifiers)}
         entry = Entry({}, identifiers) if parked.operation == ADD else Entry(identifiers, {})
+        group = group_of(parked.audience_key)
         try:
-            seq = self.outbox.acquire(
-                parked.audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS)
-            )
+            seq = self.inbox.acquire(group, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
             if seq is None:
                 report.hand_back([message_id], "another invocation held the audience's lease")
                 return
             try:
-                self.outbox.append(parked.audience_key, seq, entry, parked.audience_name, self.ledger.clock())
+                slices = {parked.audience_key: Slice(entry, parked.audience_name, self.ledger.clock())}
+                self.inbox.release(group, self.inbox.append(group, seq, slices))
             except DependencyUnavailable:
-                self.outbox.release(parked.audience_key)
+                self.inbox.release(group)
                 raise
         except DependencyUnavailable as error:
             _unavailable(report, [message_id], error, LEDGER_UNAVAILABLE)
@@ -317,9 +340,7 @@ class AudienceSync:
             for audience_key, users in by_audience.items()
         }
         _fold_suppressions(again, moved)
-        for audience_key, users in sorted(again.items()):
-            if users:
-                self._sync_audience(audience_key, users, consents, report)
+        self._sync_again({a: users for a, users in again.items() if users}, consents, report)
 
     def _apply_consent(
         self, items: list[Sourced], by_audience: dict[str, UserChanges], report: SyncReport
@@ -329,7 +350,7 @@ class AudienceSync:
         and the consent version that stays `pending` until that is done.
 
         A first consent needs no look-up unless the ledger marked the user as held for want of one (see
-        `_sync_audience`); `pending` is stored with the consent, so a redelivery, or any later consent change,
+        `_apply_group`); `pending` is stored with the consent, so a redelivery, or any later consent change,
         finishes the re-evaluation of an earlier one that failed midway.
         """
         if not items:
@@ -384,43 +405,89 @@ class AudienceSync:
         except DependencyUnavailable as error:  # stays pending: the next consent change re-evaluates again
             logger.warning(LEDGER_UNAVAILABLE, extra={"reason": str(error)})
 
-    def _sync_audience(
-        self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport
-    ) -> UserChanges:
-        """Apply one audience under its lease; returns the users whose consent must be read again."""
-        message_ids = {i.message_id for items in users.values() for i in items}
+    def _sync_again(self, changes: AudienceChanges, consents: dict[str, Consent], report: SyncReport) -> None:
+        """Apply these audiences' changes once more, each group under its lease (waited for)."""
+        for group, audiences in self._longest_waiting_first(changes, report):
+            self._sync_group(group, audiences, consents, report, wait=True)
+
+    def _sync_group(
+        self, group: str, audiences: AudienceChanges, consents: dict[str, Consent], report: SyncReport, wait: bool
+    ) -> AudienceChanges | None:
+        """Apply one group's audiences under its lease; returns the users whose consent must be read again, per
+        audience. None: another invocation held the lease and `wait` was False. Waited for in vain, the
+        messages come back."""
+        message_ids = set(_message_ids(audiences))
         try:
-            seq = self.outbox.acquire(audience_key, min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS))
+            wait_seconds = min(MAX_LOCK_WAIT_SECONDS, self.seconds_left() - SAFETY_SECONDS) if wait else 0.0
+            seq = self.inbox.acquire(group, wait_seconds)
+            if seq is None and not wait:
+                return None
             if seq is None:
                 report.counts["lock_timeouts"] += 1
                 report.hand_back(message_ids, "another invocation held the audience's lease")
                 return {}
             try:
-                return self._apply_audience(audience_key, seq, users, consents, report)  # releases the lease
+                return self._apply_group(group, seq, audiences, consents, report)  # releases the lease
             except Exception:
-                self.outbox.release(audience_key)
+                self.inbox.release(group)
                 raise
         except DependencyUnavailable as error:
             _unavailable(report, message_ids, error, LEDGER_UNAVAILABLE)
             return {}
 
-    def _apply_audience(
-        self, audience_key: str, seq: int, users: UserChanges, consents: dict[str, Consent], report: SyncReport
-    ) -> UserChanges:
-        """Fold each user's changes into their ledger state, queue the differences in the outbox, save.
+    def _apply_group(
+        self, group: str, seq: int, audiences: AudienceChanges, consents: dict[str, Consent], report: SyncReport
+    ) -> AudienceChanges:
+        """Fold each audience's changes into its users' ledger states, queue the differences in one inbox entry,
+        save, release the lease.
+
+        Users gaining identifiers are written ahead of the entry: an add queued for Criteo is never unknown to the
+        ledger (a sync that dies in between leaves its messages to come back, and they queue the adds again). The
+        others are written after it; the entry counts once the release that ends the lease says so, and if that
+        fails every user goes back to what they were, so the messages' next delivery does it all again.
 
         With consent enforced, returns the users to read consent for again: new members now sent (a withdrawal
         stored meanwhile by another invocation could not see them), and members held for want of a consent
         whose marker could not be written because a consent arrived meanwhile.
         """
+        folded = {a: self._fold(a, users, consents, report) for a, users in audiences.items()}
+        for audience_key, fold in folded.items():
+            self.ledger.save_memberships(audience_key, fold.ahead)
+        slices: dict[str, Slice] = {}
+        for audience_key, fold in folded.items():
+            entry = outbox_entry(fold.differences)
+            if entry:
+                queued = min(i.queued for u in fold.differences for i in fold.users[u])
+                slices[audience_key] = Slice(entry, self._display_name(fold.users) or "", queued)
+        try:
+            appended: Appended | None = self.inbox.append(group, seq, slices) if slices else None
+            for audience_key, fold in folded.items():
+                ahead = fold.ahead
+                self.ledger.save_memberships(audience_key, {u: s for u, s in fold.changed.items() if u not in ahead})
+            self.inbox.release(group, appended)
+        except DependencyUnavailable:
+            for audience_key, fold in folded.items():
+                self.ledger.save_memberships(audience_key, {u: fold.befores[u] for u in fold.changed})
+            raise
+        report.counts["identifiers_queued"] += appended.identifiers if appended else 0
+        if not self.options.consent_required:
+            return {}
+        recheck: AudienceChanges = {}
+        for audience_key, fold in folded.items():
+            waiting = [u for u, s in fold.changed.items() if s.is_in and u not in consents]
+            live = {u for u in fold.new_members if fold.changed.get(u) and fold.changed[u].live}
+            users = live | self.ledger.mark_held(waiting)
+            if users:
+                recheck[audience_key] = {u: fold.users[u] for u in users}
+        return recheck
+
+    def _fold(self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport) -> Folded:
+        """One audience's changes folded into its users' ledger states, and what Criteo must be told."""
         states = self.ledger.memberships(audience_key, users)
-        differences: dict[str, tuple[ByType, ByType]] = {}
-        changed: dict[str, Membership] = {}
-        new_members: set[str] = set()
-        befores: dict[str, Membership] = {}
+        fold = Folded(users, {}, {}, {}, set())
         for user, items in users.items():
             state = states[user]
-            befores[user], sent_before = state.copy(), state.sent()
+            fold.befores[user], sent_before = state.copy(), state.sent()
             unknown = not (state.entered or state.exited)
             for item in sorted(items, key=lambda i: i.version):
                 state.apply(item.change, item.version)
@@ -432,47 +499,23 @@ class AudienceSync:
                 # their exit removes what it carries.
                 sent_before = carried_by_exits(items)
             resend = state.live and any(i.message_id in self.redelivered for i in items)
-            unchanged = state == befores[user]
+            unchanged = state == fold.befores[user]
             if unchanged and not resend:
                 report.counts["stale_dropped"] += len(items)
                 continue
             if not unchanged:
-                changed[user] = state
+                fold.changed[user] = state
             if unknown:
-                new_members.add(user)
+                fold.new_members.add(user)
             added, removed = difference(sent_before, state.sent())
             if resend:
                 added = state.sent()
             if added or removed:
-                differences[user] = (added, removed)
-        # Users gaining identifiers are written ahead of the outbox entry: an add queued for Criteo is never
-        # unknown to the ledger (a sync that dies in between leaves its messages to come back, and they queue
-        # the adds again). The others are written after it; the entry counts once the release that ends the
-        # lease says so, and if that fails every user goes back to what they were, so the messages' next
-        # delivery does it all again.
-        ahead = {u: changed[u] for u, (added, _) in differences.items() if added and u in changed}
-        self.ledger.save_memberships(audience_key, ahead)
-        entry = outbox_entry(differences)
-        try:
-            stored = None
-            if entry:
-                queued = min(i.queued for u in differences for i in users[u])
-                stored = self.outbox.store(audience_key, seq, entry, self._display_name(users) or "", queued)
-            self.ledger.save_memberships(audience_key, {u: s for u, s in changed.items() if u not in ahead})
-            self.outbox.release(audience_key, stored)
-        except DependencyUnavailable:
-            self.ledger.save_memberships(audience_key, {u: befores[u] for u in changed})
-            raise
-        if entry:
-            report.counts["identifiers_queued"] += sum(entry.counts().values())
-        if not self.options.consent_required:
-            return {}
-        waiting = [u for u, s in changed.items() if s.is_in and u not in consents]
-        recheck = {u for u in new_members if changed.get(u) and changed[u].live} | self.ledger.mark_held(waiting)
-        return {u: users[u] for u in recheck}
+                fold.differences[user] = (added, removed)
+        return fold
 
-    def _recheck_consent(self, recheck: dict[str, UserChanges], used: dict[str, Consent], report: SyncReport) -> None:
-        """Re-read the consent of the users `_apply_audience` named and re-apply, under the lease, the audiences
+    def _recheck_consent(self, recheck: AudienceChanges, used: dict[str, Consent], report: SyncReport) -> None:
+        """Re-read the consent of the users `_apply_group` named and re-apply, under the lease, the audiences
         of those whose consent changed meanwhile (their changes go along again: folding twice changes nothing,
         and a failure hands their messages back)."""
         users = {u for audience_users in recheck.values() for u in audience_users}
@@ -485,10 +528,11 @@ class AudienceSync:
             return
         moved = {u for u in users if getattr(fresh.get(u), "version", None) != getattr(used.get(u), "version", None)}
         report.counts["consent_rechecks"] += len(moved)
-        for audience_key, audience_users in sorted(recheck.items()):
-            again = {u: items for u, items in audience_users.items() if u in moved}
-            if again:
-                self._sync_audience(audience_key, again, {**used, **fresh}, report)
+        again = {
+            audience_key: {u: items for u, items in audience_users.items() if u in moved}
+            for audience_key, audience_users in recheck.items()
+        }
+        self._sync_again({a: users for a, users in again.items() if users}, {**used, **fresh}, report)
 
     @staticmethod
     def _display_name(users: UserChanges) -> str | None:
@@ -502,6 +546,16 @@ def _unavailable(
     """The ledger failed: say so, and hand the messages back (with `reason`, else the error's)."""
     logger.warning(LEDGER_UNAVAILABLE, extra={"reason": str(error)})
     report.hand_back(message_ids, reason or str(error))
+
+
+def _not_reached(audiences: AudienceChanges, not_reached: dict[str, list[Sourced]]) -> None:
+    """Note the changes of audiences this batch's time did not reach, by message; a consent change goes back as
+    the re-evaluation of each audience alone."""
+    for audience_key, users in audiences.items():
+        for items in users.values():
+            for item in items:
+                change = item.change._replace(audience_key=audience_key)
+                not_reached.setdefault(item.message_id, []).append(Sourced(change, item.message_id, item.queued))
 
 
 def _message_ids(changes: Mapping[str, UserChanges]) -> Iterator[str]:
