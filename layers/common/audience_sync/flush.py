@@ -139,16 +139,13 @@ class Flusher:
         self._config = self.config()
         groups = self.inbox.waiting()
         last_change = max((g.last for g in groups), default=0.0)  # the newest append anywhere
-        inbox_groups = self._gather([g for g in groups if g.first is not None], now - last_change, report)
-        every = self.outbox.waiting()
-        waiting = [w for w in every if not self._settings(w).paused]  # a paused audience's changes wait
-        by_advertiser: dict[str, list[Waiting]] = {}
-        for w in waiting:
-            by_advertiser.setdefault(self._settings(w).advertiser, []).append(w)
-        backlogs = {
-            name: self.policy.backlog_seconds(group, self._config.rate(name, self.policy.calls_per_minute))
-            for name, group in by_advertiser.items()
-        }
+        every, waiting, backlogs = self._outbox()
+        # Under a backlog a group waits as long as the budget needs for what the outboxes hold: its audiences
+        # would wait that long anyway, and gathering them every interval wrote each audience again and again.
+        due_after = max(self.policy.interval_seconds, min(backlogs.values(), default=0.0))
+        inbox_groups, gathered = self._gather(groups, now - last_change, due_after, report)
+        if gathered:
+            every, waiting, backlogs = self._outbox()
         ready = [
             (w, mode)
             for w in waiting
@@ -175,14 +172,32 @@ class Flusher:
         report.gauges["outbox_without_credentials"] = sum(self._settings(w).advertiser in unreadable for w in waiting)
         return report
 
-    def _gather(self, groups: list[GroupWaiting], quiet_for: float, report: FlushReport) -> int:
-        """Gather the groups whose oldest change is `interval` old, or all once changes stopped coming for a quiet
-        moment (a burst is over: everything that shares calls has come); returns the groups still waiting."""
+    def _outbox(self) -> tuple[list[Waiting], list[Waiting], dict[str, float]]:
+        """Every audience waiting in the outbox, those not paused (a paused audience's changes wait), and per
+        advertiser how long its budget needs for their calls."""
+        every = self.outbox.waiting()
+        waiting = [w for w in every if not self._settings(w).paused]
+        by_advertiser: dict[str, list[Waiting]] = {}
+        for w in waiting:
+            by_advertiser.setdefault(self._settings(w).advertiser, []).append(w)
+        backlogs = {
+            name: self.policy.backlog_seconds(group, self._config.rate(name, self.policy.calls_per_minute))
+            for name, group in by_advertiser.items()
+        }
+        return every, waiting, backlogs
+
+    def _gather(
+        self, groups: list[GroupWaiting], quiet_for: float, due_after: float, report: FlushReport
+    ) -> tuple[int, int]:
+        """Gather the groups whose oldest change is `due_after` old, or all once changes stopped coming for a
+        quiet moment (a burst is over: everything that shares calls has come), oldest first; returns the groups
+        still waiting and the groups gathered."""
         quiet = quiet_for >= min(self.policy.quiet_seconds, self.policy.interval_seconds)
         now = self.clock()
-        left = len(groups)
-        for group in sorted(groups, key=lambda g: g.first or 0.0):
-            if not quiet and now - (group.first or now) < self.policy.interval_seconds:
+        waiting = sorted(((g.first, g) for g in groups if g.first is not None), key=lambda pair: pair[0])
+        left, gathered = len(waiting), 0
+        for first, group in waiting:
+            if not quiet and now - first < due_after:
                 continue
             if self.seconds_left() < SAFETY_SECONDS:
                 break
@@ -194,7 +209,8 @@ class Flusher:
                 break
             report.counts["audiences_gathered"] += audiences
             left -= emptied
-        return left
+            gathered += 1
+        return left, gathered
 
     def _flush(self, waiting: Waiting, mode: str) -> FlushReport:
         report = FlushReport()

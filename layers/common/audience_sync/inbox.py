@@ -35,7 +35,7 @@ from audience_sync.table import LEASE_KEPT_SECONDS, Table
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-GROUPS = 16
+GROUPS = 8
 INBOX = "inbox"
 ENTRIES = "in#"
 
