@@ -155,7 +155,13 @@ class Flusher:
         report.gauges = {
             "outbox_paused_audiences": len(every) - len(waiting),
             "outbox_audiences": len(waiting),
-            "outbox_oldest_seconds": int(max((now - w.first for w in waiting), default=0)),
+            # The oldest change waiting anywhere: in an audience's outbox or in a group not gathered yet.
+            "outbox_oldest_seconds": int(
+                max(
+                    [*(now - w.first for w in waiting), *(now - g.first for g in groups if g.first is not None)],
+                    default=0,
+                )
+            ),
             "outbox_backlog_seconds": int(max(backlogs.values(), default=0)),
         }
         if self.workers == 1:
