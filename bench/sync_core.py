@@ -1,8 +1,9 @@
 """Benchmark 2: records/s on one core of the pure sync path, against json.loads + SHA-256 (the floor).
 
-Pure path, as AudienceSync runs it minus the I/O, against an empty ledger: decode SQS bodies -> group per
-audience and user -> fold each user's changes into their Membership in version order -> the difference with
-what Criteo held -> the audience's outbox entry (outbox_entry, encoded as stored) -> netted and chunked
+Pure path, as AudienceSync and the flusher run it minus the I/O, against an empty ledger: decode SQS bodies ->
+group per audience and user -> fold each user's changes into their Membership in version order -> the
+difference with what Criteo held -> one inbox entry per group of audiences (encoded as stored) -> gathered:
+decoded, netted per audience, each audience's outbox entry encoded as stored -> decoded, netted and chunked
 (net, patches) -> the PATCH request bodies and the ledger items' encoded identifiers.
 """
 
@@ -12,9 +13,10 @@ import hashlib
 import json
 from typing import Any
 
+from audience_sync.inbox import Slice, decode_slices, encode_slices, group_of
 from audience_sync.membership import ByType, Membership, difference
 from audience_sync.outbox import decode, encode
-from audience_sync.plan import net, outbox_entry, patches
+from audience_sync.plan import Entry, net, outbox_entry, patches
 from audience_sync.records import pack_changes, unpack_changes
 from audience_sync.sync import Sourced, carried_by_exits
 from bench.streams import StreamSpec, generate, segment_requests
@@ -32,6 +34,7 @@ def pure_sync(messages: list[tuple[str, str]]) -> int:
                 Sourced(change, message_id, 0.0)
             )
     sent = 0
+    groups: dict[str, dict[str, Slice]] = {}
     for audience_key, users in sorted(by_audience.items()):
         differences: dict[str, tuple[ByType, ByType]] = {}
         for user, items in users.items():
@@ -45,15 +48,27 @@ def pure_sync(messages: list[tuple[str, str]]) -> int:
             if added or removed:
                 differences[user] = (added, removed)
             sent += len(state.encode())
-        stored = encode(outbox_entry(differences))
+        groups.setdefault(group_of(audience_key), {})[audience_key] = Slice(outbox_entry(differences), "", 0.0)
+    for slices in groups.values():
+        stored = encode_slices(slices)
         sent += len(stored)
-        for plan in patches(audience_key, net([decode(stored)])):
-            attributes = {
-                "operation": plan.operation,
-                "identifierType": plan.identifier_type,
-                "identifiers": plan.identifiers,
-            }
-            sent += len(json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}}))
+        for audience_key, piece in sorted(decode_slices(stored).items()):
+            gathered = encode(net([piece.entry]))
+            sent += len(gathered)
+            sent += _bodies(audience_key, decode(gathered))
+    return sent
+
+
+def _bodies(audience_key: str, entry: Entry) -> int:
+    """The bytes of the PATCH request bodies for an audience's netted entry."""
+    sent = 0
+    for plan in patches(audience_key, net([entry])):
+        attributes = {
+            "operation": plan.operation,
+            "identifierType": plan.identifier_type,
+            "identifiers": plan.identifiers,
+        }
+        sent += len(json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}}))
     return sent
 
 

@@ -75,12 +75,14 @@ class GroupWaiting:
     last: float
 
 
-def _encode(slices: Slices) -> bytes:
+def encode_slices(slices: Slices) -> bytes:
+    """A group entry (or a part of one) as stored."""
     parts = {a: {**document(s.entry), "n": s.name, "q": round(s.queued, 3)} for a, s in sorted(slices.items())}
     return zlib.compress(json.dumps(parts, separators=(",", ":")).encode(), 6)
 
 
-def _decode(data: bytes) -> Slices:
+def decode_slices(data: bytes) -> Slices:
+    """A group entry (or a part of one) from its stored form."""
     return {a: Slice(entry_of(part), part["n"], part["q"]) for a, part in json.loads(zlib.decompress(data)).items()}
 
 
@@ -123,7 +125,7 @@ class Inbox(Table):
                 {
                     "pk": {"S": ENTRIES + group},
                     "sk": {"S": f"{seq:012d}#{index:04d}"},
-                    "d": {"B": _encode(part)},
+                    "d": {"B": encode_slices(part)},
                 }
                 for index, part in enumerate(_parts(slices))
             ]
@@ -180,7 +182,7 @@ class Inbox(Table):
             sk = item["sk"]["S"]
             if 0 <= max_identifiers <= held and sk.split("#")[0] != read[-1][0].split("#")[0]:
                 return read, False
-            slices = _decode(item["d"]["B"])
+            slices = decode_slices(item["d"]["B"])
             read.append((sk, slices))
             held += sum(n for s in slices.values() for n in s.entry.counts().values())
         return read, True
