@@ -15,9 +15,20 @@ from audience_sync.records import ADD, AudienceChange, pack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
 from tests.conftest import Stack
 from tests.segment_events import sha, user_hash
-from tests.test_flush import START, Clock, adds, aws_stack, email, emails, new_flusher, new_outbox, removes
+from tests.test_flush import (
+    START,
+    Clock,
+    adds,
+    aws_stack,
+    cold_segment_cache,
+    email,
+    emails,
+    new_flusher,
+    new_outbox,
+    removes,
+)
 
-__all__ = ["aws_stack"]  # the fixture, shared with test_flush
+__all__ = ["aws_stack", "cold_segment_cache"]  # the fixtures, shared with test_flush
 
 
 def new_inbox(stack: Stack, clock: Any = time.time) -> Inbox:
