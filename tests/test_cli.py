@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from audience_sync.records import unpack_changes
+from audience_sync.records import pack_changes, unpack_changes
 from devtools.gateway import LocalGateway
 from devtools.lambda_runtime import FakeContext
 from segment_criteo import resync
@@ -21,6 +21,8 @@ from segment_criteo.target import Target, local
 from tests.conftest import AUDIENCE_PREFIX, Stack
 from tests.segment_events import audience_event, sha, signed
 from tests.test_audience_settings import EU, configure
+from tests.test_inbox import enter as inbox_enter
+from tests.test_inbox import new_sync
 
 MADID = "6d92078a-8246-4ba4-ae5b-76104861e7dc"
 
@@ -100,6 +102,18 @@ def test_status_shows_ledger_pending_criteo_statistics_lookalike_and_dead_letter
     # One audience, as a table.
     assert main(["status", "cart", *options(target)]) == 0
     assert "segment_cart" in capsys.readouterr().out
+
+
+def test_status_counts_changes_applied_but_not_gathered_from_the_inbox_yet(
+    stack: Stack, target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Applied by a sync invocation, not gathered yet by the flusher: status shows them waiting.
+    changes = [inbox_enter("cart", n) for n in range(3)]
+    assert not new_sync(stack).run([("m1", *pack_changes(changes))]).failed
+    code, report = run_json(capsys, target, "status", "cart")
+    [row] = report["audiences"]
+    assert code == 0 and (row["users_in"], row["pending"]) == (3, 3)
+    assert row["last_applied"] is not None and row["segment_id"] == ""
 
 
 def test_resync_repairs_a_segment_emptied_behind_our_back_and_one_with_extra_members(
