@@ -24,7 +24,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from audience_sync.errors import DependencyUnavailable
@@ -137,23 +136,23 @@ class Inbox(Table):
         """Give the group's lease back. With `appended`, the item notes it in the same write, and
         DependencyUnavailable says it could not be (the entry is not known to the flusher). Without, this never
         fails (a lease expires anyway), and a group with nothing waiting starts to expire."""
-        now = f"{self.clock():.3f}"
+        key, now = (INBOX, group), f"{self.clock():.3f}"
         values: dict[str, Any] = {":me": {"S": self.owner}, ":zero": {"N": "0"}, ":now": {"N": now}}
         names = {"#o": "owner", "#first": "first", "#t": "ttl"}
         if appended is None:
             values[":ttl"] = {"N": str(int(float(now)) + LEASE_KEPT_SECONDS)}
             with contextlib.suppress(DependencyUnavailable):
                 idle = "SET expires = :zero, synced = :now, #t = :ttl"
-                if self._update(group, idle, values, names, "#o = :me AND attribute_not_exists(#first)") is None:
+                if self._update(key, idle, values, names, "#o = :me AND attribute_not_exists(#first)") is None:
                     del values[":ttl"]  # something waits: it must not expire
-                    self._update(group, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me")
+                    self._update(key, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me")
             return
         values[":q"] = {"N": f"{appended.queued:.3f}"}
         names["#last"] = "last"
         counted = "#first = if_not_exists(#first, :q), #last = :now REMOVE #t"
-        if self._update(group, f"SET expires = :zero, synced = :now, {counted}", values, names, "#o = :me") is None:
+        if self._update(key, f"SET expires = :zero, synced = :now, {counted}", values, names, "#o = :me") is None:
             del values[":me"], values[":zero"], names["#o"]  # the lease was lost: count it all the same
-            self._update(group, f"SET {counted}", values, names, None)
+            self._update(key, f"SET {counted}", values, names)
 
     def waiting(self) -> list[GroupWaiting]:
         """Every group appended to within the hour, waiting or not (eventually consistent: a moment old only
@@ -212,25 +211,11 @@ class Inbox(Table):
         waits any more."""
         if not complete:  # the rest is as old as it was: gathered at the next pass
             return False
+        key = (INBOX, waiting.group)
         values = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": str(int(self.clock()) + LEASE_KEPT_SECONDS)}}
         names = {"#first": "first", "#last": "last", "#t": "ttl"}
-        if self._update(waiting.group, "SET #t = :ttl REMOVE #first", values, names, "#last = :last") is not None:
+        if self._update(key, "SET #t = :ttl REMOVE #first", values, names, "#last = :last") is not None:
             return True
         values = {":q": {"N": f"{self.clock():.3f}"}}
-        self._update(waiting.group, "SET #first = :q", values, {"#first": "first"}, "attribute_exists(pk)")
+        self._update(key, "SET #first = :q", values, {"#first": "first"}, "attribute_exists(pk)")
         return False
-
-    def _update(
-        self, group: str, expression: str, values: dict[str, Any], names: dict[str, str], condition: str | None
-    ) -> dict[str, Any] | None:
-        """UpdateItem on the group's item: the response, or None when `condition` did not hold."""
-        arguments: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": {"pk": {"S": INBOX}, "sk": {"S": group}},
-            "UpdateExpression": expression,
-            "ExpressionAttributeValues": values,
-            "ExpressionAttributeNames": names,
-        }
-        if condition:
-            arguments["ConditionExpression"] = condition
-        return self._conditional("UpdateItem", partial(self.dynamodb.update_item, **arguments))

@@ -21,7 +21,6 @@ import json
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from audience_sync.audience_config import DEFAULT_ADVERTISER
@@ -280,18 +279,7 @@ class Outbox(Table):
     ) -> dict[str, Any] | None:
         """UpdateItem on the audience's item (or its segment record): the response, or None when `condition` did
         not hold."""
-        arguments: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": {"pk": {"S": pk}, "sk": {"S": audience_key}},
-            "UpdateExpression": expression,
-            "ExpressionAttributeValues": values,
-            "ReturnValues": returned,
-        }
-        if condition:
-            arguments["ConditionExpression"] = condition
-        if names:
-            arguments["ExpressionAttributeNames"] = names
-        return self._conditional("UpdateItem", partial(self.dynamodb.update_item, **arguments))
+        return self._update((pk, audience_key), expression, values, names, condition, returned)
 
 
 def forgotten(advertiser: str) -> dict[str, str]:

@@ -128,6 +128,29 @@ class Table:
                 return None
             time.sleep(LOCK_POLL_SECONDS)
 
+    def _update(
+        self,
+        key: tuple[str, str],
+        expression: str,
+        values: dict[str, Any],
+        names: dict[str, str] | None = None,
+        condition: str | None = None,
+        returned: str = "NONE",
+    ) -> dict[str, Any] | None:
+        """UpdateItem on the item (pk, sk): the response, or None when `condition` did not hold."""
+        arguments: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"pk": {"S": key[0]}, "sk": {"S": key[1]}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeValues": values,
+            "ReturnValues": returned,
+        }
+        if condition:
+            arguments["ConditionExpression"] = condition
+        if names:
+            arguments["ExpressionAttributeNames"] = names
+        return self._conditional("UpdateItem", partial(self.dynamodb.update_item, **arguments))
+
     def _until_processed(self, operation: str, unprocessed: str, request: Item) -> list[Item]:
         """Call a batch operation, re-sending what DynamoDB left unprocessed with backoff; all responses."""
         call = self.dynamodb.batch_get_item if operation == "BatchGetItem" else self.dynamodb.batch_write_item
