@@ -50,7 +50,7 @@ def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[s
         for id_type, values in held.items():
             counted[id_type] += len(values)
     waiting = {w.audience_key: w for w in deployment.outbox.waiting() if wanted is None or w.audience_key in wanted}
-    gathering = _in_inbox(deployment)
+    gathering = _in_inbox(deployment, None if wanted is None else {group_of(name) for name in wanted})
     known = set(identifiers) | set(waiting) | set(gathering) | set(deployment.config.audiences)
     names = known if wanted is None else wanted
     synced = deployment.inbox.last_synced({group_of(name) for name in names})
@@ -76,11 +76,12 @@ def status(deployment: Deployment, audiences: list[str] | None = None) -> dict[s
     }
 
 
-def _in_inbox(deployment: Deployment) -> dict[str, tuple[int, float]]:
-    """Per audience, the identifier changes waiting in the inbox and when the oldest was queued."""
+def _in_inbox(deployment: Deployment, groups: set[str] | None) -> dict[str, tuple[int, float]]:
+    """Per audience, the identifier changes waiting in the inbox and when the oldest was queued (only the entries
+    of `groups`, when named)."""
     found: dict[str, tuple[int, float]] = {}
     for group in deployment.inbox.waiting():
-        if group.first is None:
+        if group.first is None or (groups is not None and group.group not in groups):
             continue
         for _, slices in deployment.inbox.oldest(group.group, max_identifiers=-1)[0]:
             for audience, piece in slices.items():
