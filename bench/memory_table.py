@@ -180,13 +180,18 @@ class InMemoryTable:
         return {}
 
     def query(self, **params: Any) -> dict[str, Any]:
-        """Query `pk = :p` (optionally `AND begins_with(sk, :s)`), one page, billed per 4 KB read (half a unit
-        eventually consistent)."""
+        """Query `pk = :p` (optionally `AND begins_with(sk, :s)` or `AND sk > :gt`), one page, billed per 4 KB
+        read (half a unit eventually consistent)."""
         values = params["ExpressionAttributeValues"]
         pk = (values.get(":p") or values[":u"])["S"]
         prefix = (values.get(":s") or values.get(":a") or {"S": ""})["S"]
+        after = values.get(":gt", {"S": ""})["S"]
         with self._lock:
-            found = [_load(item) for sk, item in self.items.partition(pk) if sk.startswith(prefix)]
+            found = [
+                _load(item)
+                for sk, item in self.items.partition(pk)
+                if sk.startswith(prefix) and (not after or sk > after)
+            ]
             size = sum(item_bytes(item) for item in found)
         units = max(1, math.ceil(size / READ_UNIT_BYTES))
         self._bill("Query", rru=units if params.get("ConsistentRead") else units / 2)

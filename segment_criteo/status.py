@@ -83,7 +83,7 @@ def _in_inbox(deployment: Deployment, groups: set[str] | None) -> dict[str, tupl
     for group in deployment.inbox.waiting():
         if group.first is None or (groups is not None and group.group not in groups):
             continue
-        for _, slices in deployment.inbox.oldest(group.group, max_identifiers=-1)[0]:
+        for _, slices in deployment.inbox.oldest(group, max_identifiers=-1)[0]:
             for audience, piece in slices.items():
                 n, queued = found.get(audience, (0, piece.queued))
                 found[audience] = (n + sum(piece.entry.counts().values()), min(queued, piece.queued))

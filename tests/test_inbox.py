@@ -48,6 +48,12 @@ def enter(audience: str, n: int) -> AudienceChange:
     )
 
 
+def entry_expiries(stack: Stack) -> list[int]:
+    """The `ttl` of every inbox entry."""
+    items = stack.aws.client("dynamodb").scan(TableName=stack.aws.ledger_table)["Items"]
+    return [int(item["ttl"]["N"]) for item in items if item["pk"]["S"].startswith("in#")]
+
+
 def partitions(stack: Stack) -> dict[str, int]:
     """Items per partition key prefix (`in#`, `out#`) or partition (`inbox`, `outbox`)."""
     found: dict[str, int] = {}
@@ -78,7 +84,10 @@ def test_a_batch_over_many_audiences_writes_one_entry_per_group_and_nothing_per_
         time.sleep(0.25)
         flusher.tick()
     assert all(aws_stack.members(audience) == {sha(f"u{n}@example.com")} for n, audience in enumerate(audiences))
-    assert "in#" not in partitions(aws_stack)
+    # Gathered entries are not deleted (a delete is billed like a write): they expire in two weeks, for free.
+    assert partitions(aws_stack)["in#"] == GROUPS
+    assert all(14 * 86400 - 600 < expiry - time.time() <= 14 * 86400 for expiry in entry_expiries(aws_stack))
+    assert all(g.first is None for g in new_inbox(aws_stack).waiting())
     assert aws_stack.criteo.count("patch") == 40
 
 
@@ -124,11 +133,19 @@ def test_a_gathering_nets_each_audience_in_order_and_leaves_what_it_did_not_read
         clock.advance(1)
     [waiting] = [g for g in inbox.waiting() if g.first is not None]
     assert waiting.first == START
-    first_read, complete = inbox.oldest(group, max_identifiers=4)
+    first_read, complete = inbox.oldest(waiting, max_identifiers=4)
     assert [sk.split("#")[0] for sk, _ in first_read] == [f"{1:012d}", f"{2:012d}"] and not complete
     assert inbox.gather(waiting, outbox) == (1, True)
     assert net(s.entry for s in outbox.entries("cart")) == adds({*emails(0, 3), email(9)})
     assert outbox.waiting()[0].name == "Cart" and outbox.waiting()[0].first == START
+    # The entries stay (until they expire), behind the group's cursor: the next gathering reads only what came
+    # after them.
+    seq = inbox.acquire(group, 0) or 0
+    inbox.release(group, inbox.append(group, seq, {"cart": Slice(removes({email(9)}), "Cart", clock())}))
+    [again] = [g for g in inbox.waiting() if g.first is not None]
+    assert [sk.split("#")[0] for sk, _ in inbox.oldest(again)[0]] == [f"{4:012d}"]
+    assert inbox.gather(again, outbox) == (1, True)
+    assert [s.entry for s in outbox.entries("cart")][1:] == [removes({email(9)})]
 
 
 def test_a_group_read_in_part_is_gathered_again_at_the_next_pass_not_an_interval_later(aws_stack: Stack) -> None:

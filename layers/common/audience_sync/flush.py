@@ -99,7 +99,11 @@ class FlushReport:
 
 class Flusher:
     """Sends what is ready in the outbox, each audience to its advertiser within its app's budget; one flusher
-    runs at a time (the caller holds the flusher lease)."""
+    runs at a time (the caller holds the flusher lease for as long as this object lives).
+
+    The outboxes' only writer, it reads their summaries once (and again after gathering) and keeps them in step
+    with what it writes, instead of reading them at every pass: under a backlog a scheduled invocation passes
+    ten times a minute, and at 2,000 audiences those reads were 6% of the bill."""
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class Flusher:
         self.clock = outbox.clock
         self.workers = workers
         self._stop = threading.Event()  # the outbox is unavailable: no new flush this tick
+        self._summaries: list[Waiting] | None = None  # the outbox's summaries, kept in step (None: read them)
 
     def tick(self) -> FlushReport:
         """One pass: the inbox groups that are due gathered, then every ready audience, fullest and oldest first,
@@ -145,6 +150,7 @@ class Flusher:
         due_after = max(self.policy.interval_seconds, min(backlogs.values(), default=0.0))
         inbox_groups, gathered = self._gather(groups, now - last_change, due_after, report)
         if gathered:
+            self._summaries = None
             every, waiting, backlogs = self._outbox()
         ready = [
             (w, mode)
@@ -181,7 +187,9 @@ class Flusher:
     def _outbox(self) -> tuple[list[Waiting], list[Waiting], dict[str, float]]:
         """Every audience waiting in the outbox, those not paused (a paused audience's changes wait), and per
         advertiser how long its budget needs for their calls."""
-        every = self.outbox.waiting()
+        if self._summaries is None:
+            self._summaries = self.outbox.waiting(consistent=True)
+        every = self._summaries = [w for w in self._summaries if not w.emptied]
         waiting = [w for w in every if not self._settings(w).paused]
         by_advertiser: dict[str, list[Waiting]] = {}
         for w in waiting:
@@ -231,6 +239,7 @@ class Flusher:
         except DependencyUnavailable as error:  # the entries stay: what was sent is sent again, in order
             logger.warning("outbox unavailable", extra={"reason": str(error)})
             report.counts["dependency_errors"] += 1
+            self._summaries = None  # a write may have been made or not: read them again
             self._stop.set()
         return report
 

@@ -8,11 +8,14 @@ the DynamoDB bill (docs/design.md, "What it costs"). The flusher, the only write
 group's entries into its audiences' outboxes when the oldest is due, so each audience is written about once
 per flush interval. Items in the ledger's table:
 - (`in#<group>`, `<seq>#<part>`): an entry (`d`: zlib-compressed JSON, per audience `{"r": {type: [ids]},
-  "a": ..., "n": its display name, "q": when its oldest change was queued}`), split at 4,000 identifiers;
+  "a": ..., "n": its display name, "q": when its oldest change was queued}`), split at 4,000 identifiers.
+  Gathered entries are not deleted (a delete is billed like a write): the group's cursor moves past them, and
+  they expire after ENTRY_KEPT_SECONDS, which DynamoDB does for free;
 - (`inbox`, `<group>`): the group's lease (`owner`, `expires`, `synced`; `seq`, one more at every taking,
-  orders its entries, so they are in the order the ledger applied them) and what waits: `first` (oldest change
-  queued; absent: nothing waits) and `last` (last append). Releasing the lease and counting an entry are one
-  write. Idle, the item expires after an hour.
+  orders its entries, so they are in the order the ledger applied them), what waits: `first` (oldest change
+  queued; absent: nothing waits) and `last` (last append), and `gathered`, the sort key of the last entry
+  gathered (the cursor). Releasing the lease and counting an entry are one write. The eight items never expire:
+  `seq` and the cursor must not start again while entries are kept.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, MAX_IDENTIFIERS_PER_ITEM, Outbox, document, entry_of, split
 from audience_sync.plan import Entry, net
-from audience_sync.table import LEASE_KEPT_SECONDS, Table
+from audience_sync.table import Table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
 GROUPS = 8
 INBOX = "inbox"
 ENTRIES = "in#"
+# Kept this long after they were written, gathered or not: the flusher gathers every group within minutes to
+# hours, unless it could not run for this long (the outbox_oldest_seconds alarm fires long before).
+ENTRY_KEPT_SECONDS = 14 * 24 * 3600
 
 
 def group_of(audience_key: str) -> str:
@@ -67,11 +73,13 @@ class Appended:
 
 @dataclass(frozen=True)
 class GroupWaiting:
-    """One group's item: when its oldest waiting change was queued (None: nothing waits), its last append."""
+    """One group's item: when its oldest waiting change was queued (None: nothing waits), its last append, and
+    the sort key of the last entry gathered ("": none yet)."""
 
     group: str
     first: float | None
     last: float
+    gathered: str = ""
 
 
 def encode_slices(slices: Slices) -> bytes:
@@ -125,6 +133,7 @@ class Inbox(Table):
                     "pk": {"S": ENTRIES + group},
                     "sk": {"S": f"{seq:012d}#{index:04d}"},
                     "d": {"B": encode_slices(part)},
+                    "ttl": {"N": str(int(self.clock()) + ENTRY_KEPT_SECONDS)},
                 }
                 for index, part in enumerate(_parts(slices))
             ]
@@ -135,49 +144,47 @@ class Inbox(Table):
     def release(self, group: str, appended: Appended | None = None) -> None:
         """Give the group's lease back. With `appended`, the item notes it in the same write, and
         DependencyUnavailable says it could not be (the entry is not known to the flusher). Without, this never
-        fails (a lease expires anyway), and a group with nothing waiting starts to expire."""
+        fails (a lease expires anyway)."""
         key, now = (INBOX, group), f"{self.clock():.3f}"
         values: dict[str, Any] = {":me": {"S": self.owner}, ":zero": {"N": "0"}, ":now": {"N": now}}
-        names = {"#o": "owner", "#first": "first", "#t": "ttl"}
+        names = {"#o": "owner", "#first": "first", "#last": "last"}
         if appended is None:
-            values[":ttl"] = {"N": str(int(float(now)) + LEASE_KEPT_SECONDS)}
             with contextlib.suppress(DependencyUnavailable):
-                idle = "SET expires = :zero, synced = :now, #t = :ttl"
-                if self._update(key, idle, values, names, "#o = :me AND attribute_not_exists(#first)") is None:
-                    del values[":ttl"]  # something waits: it must not expire
-                    self._update(key, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me")
+                self._update(key, "SET expires = :zero, synced = :now", values, {"#o": "owner"}, "#o = :me")
             return
         values[":q"] = {"N": f"{appended.queued:.3f}"}
-        names["#last"] = "last"
-        counted = "#first = if_not_exists(#first, :q), #last = :now REMOVE #t"
+        counted = "#first = if_not_exists(#first, :q), #last = :now"
         if self._update(key, f"SET expires = :zero, synced = :now, {counted}", values, names, "#o = :me") is None:
             del values[":me"], values[":zero"], names["#o"]  # the lease was lost: count it all the same
             self._update(key, f"SET {counted}", values, names)
 
     def waiting(self) -> list[GroupWaiting]:
-        """Every group appended to within the hour, waiting or not (eventually consistent: a moment old only
-        delays a gathering)."""
+        """Every group ever appended to, waiting or not (strongly consistent, so the cursor is the newest: eight
+        small items)."""
         return [
             GroupWaiting(
-                item["sk"]["S"], float(item["first"]["N"]) if "first" in item else None, float(item["last"]["N"])
+                item["sk"]["S"],
+                float(item["first"]["N"]) if "first" in item else None,
+                float(item["last"]["N"]),
+                item.get("gathered", {}).get("S", ""),
             )
-            for item in self._query(INBOX, consistent=False)
+            for item in self._query(INBOX)
             if "last" in item
         ]
 
     def last_synced(self, groups: Iterable[str]) -> dict[str, float]:
-        """When each group's lease was last released (absent: never, or idle for over an hour)."""
+        """When each group's lease was last released (absent: never)."""
         items = self._get((INBOX, group) for group in groups)
         return {item["sk"]["S"]: float(item["synced"]["N"]) for item in items if "synced" in item}
 
     def oldest(
-        self, group: str, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH
+        self, waiting: GroupWaiting, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH
     ) -> tuple[list[tuple[str, Slices]], bool]:
-        """A group's oldest entries as (sort key, slices), whole (every part of each), until they hold
-        `max_identifiers` (-1: no limit), and whether that is all of them."""
+        """A group's oldest entries not gathered yet as (sort key, slices), whole (every part of each), until they
+        hold `max_identifiers` (-1: no limit), and whether that is all of them."""
         read: list[tuple[str, Slices]] = []
         held = 0
-        for item in self._items(ENTRIES + group):
+        for item in self._items(ENTRIES + waiting.group, after=waiting.gathered):
             sk = item["sk"]["S"]
             if 0 <= max_identifiers <= held and sk.split("#")[0] != read[-1][0].split("#")[0]:
                 return read, False
@@ -190,11 +197,11 @@ class Inbox(Table):
         self, waiting: GroupWaiting, outbox: Outbox, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH
     ) -> tuple[int, bool]:
         """Move the group's oldest entries into its audiences' outboxes (one entry per audience, netted), then
-        delete them; returns the audiences written, and whether nothing waits in the group any more. Only the
-        flusher calls this (it is the outboxes' one writer). A failure midway leaves the entries, and the next
-        gathering writes them again: re-sending a change is harmless, and the order is kept. At most
+        move the cursor past them; returns the audiences written, and whether nothing waits in the group any more.
+        Only the flusher calls this (it is the outboxes' one writer). A failure midway leaves the cursor, and the
+        next gathering writes them again: re-sending a change is harmless, and the order is kept. At most
         `max_identifiers` are read (memory stays bounded); the rest is gathered at the next pass."""
-        read, complete = self.oldest(waiting.group, max_identifiers)
+        read, complete = self.oldest(waiting, max_identifiers)
         by_audience: dict[str, list[Slice]] = {}
         for _, slices in read:
             for audience, piece in slices.items():
@@ -202,20 +209,20 @@ class Inbox(Table):
         for audience, pieces in sorted(by_audience.items()):
             name = next((p.name for p in reversed(pieces) if p.name), "")
             outbox.append(audience, net(p.entry for p in pieces), name, min(p.queued for p in pieces))
-        self._delete((ENTRIES + waiting.group, sk) for sk, _ in read)
-        return len(by_audience), self._finish(waiting, complete)
+        return len(by_audience), self._finish(waiting, read[-1][0] if read else waiting.gathered, complete)
 
-    def _finish(self, waiting: GroupWaiting, complete: bool) -> bool:
-        """The group's item after a gathering: nothing waits when everything was read and nothing was appended
-        meanwhile; else, when something was appended meanwhile, it was queued no later than now. True: nothing
-        waits any more."""
+    def _finish(self, waiting: GroupWaiting, gathered: str, complete: bool) -> bool:
+        """The group's item after a gathering: the cursor at `gathered`; nothing waits when everything was read
+        and nothing was appended meanwhile; else, when something was appended meanwhile, it was queued no later
+        than now. True: nothing waits any more."""
+        key, cursor = (INBOX, waiting.group), {":g": {"S": gathered}}
         if not complete:  # the rest is as old as it was: gathered at the next pass
+            self._update(key, "SET gathered = :g", cursor, None, "attribute_exists(pk)")
             return False
-        key = (INBOX, waiting.group)
-        values = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": str(int(self.clock()) + LEASE_KEPT_SECONDS)}}
-        names = {"#first": "first", "#last": "last", "#t": "ttl"}
-        if self._update(key, "SET #t = :ttl REMOVE #first", values, names, "#last = :last") is not None:
+        values = {**cursor, ":last": {"N": f"{waiting.last:.3f}"}}
+        names = {"#first": "first", "#last": "last"}
+        if self._update(key, "SET gathered = :g REMOVE #first", values, names, "#last = :last") is not None:
             return True
-        values = {":q": {"N": f"{self.clock():.3f}"}}
-        self._update(key, "SET #first = :q", values, {"#first": "first"}, "attribute_exists(pk)")
+        values = {**cursor, ":q": {"N": f"{self.clock():.3f}"}}
+        self._update(key, "SET gathered = :g, #first = :q", values, {"#first": "first"}, "attribute_exists(pk)")
         return False

@@ -21,15 +21,12 @@ import json
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from audience_sync.audience_config import DEFAULT_ADVERTISER
 from audience_sync.plan import Entry
 from audience_sync.records import REMOVE
 from audience_sync.table import LEASE_KEPT_SECONDS, Item, Table
-
-if TYPE_CHECKING:
-    pass
 
 SUMMARIES = "outbox"
 SEGMENTS = "segment"
@@ -56,6 +53,7 @@ class Waiting:
     segment_name: str = ""
     lookalike_id: str = ""  # the lookalike segment seeded from it, once created
     advertiser: str = DEFAULT_ADVERTISER  # whose account those segments are in
+    emptied: bool = False  # a flush left nothing waiting (the item no longer counts as waiting)
 
 
 @dataclass
@@ -170,10 +168,11 @@ class Outbox(Table):
             ]
         )
 
-    def waiting(self) -> list[Waiting]:
-        """Every audience with something waiting. Eventually consistent (half the read units): a summary a
-        moment old only delays a flush, and what a flush does with it is conditional on the item as it is."""
-        return [_waiting(item) for item in self._query(SUMMARIES, consistent=False) if "first" in item]
+    def waiting(self, consistent: bool = False) -> list[Waiting]:
+        """Every audience with something waiting. Eventually consistent by default (half the read units): a
+        summary a moment old only delays a flush, and what a flush does with it is conditional on the item as
+        it is."""
+        return [_waiting(item) for item in self._query(SUMMARIES, consistent=consistent) if "first" in item]
 
     def entries(self, audience_key: str) -> list[Stored]:
         """All of an audience's entries, oldest first."""
@@ -196,7 +195,8 @@ class Outbox(Table):
     def finish(self, waiting: Waiting, outcome: Outcome) -> bool:
         """Replace the entries read by the carry (written after them and before any entry appended since),
         then update the summary: dropped when nothing was appended meanwhile and nothing is
-        carried, else the counts corrected. True when nothing waits for the audience any more."""
+        carried, else the counts corrected. `waiting` is kept in step with the item (the flusher keeps the
+        summaries it read). True when nothing waits for the audience any more."""
         queued = min((stored.queued for stored in outcome.read), default=self.clock())
         carried: list[Item] = []
         if outcome.carry:
@@ -223,18 +223,22 @@ class Outbox(Table):
             cleared = {"#first": "first", "#last": "last", "#t": "ttl"}
             expression = f"SET #t = :ttl REMOVE {', '.join(('#first', 'fails', 'retry', *waiting.counters))}"
             if self._update_item(waiting.audience_key, expression, unchanged, cleared, "#last = :last") is not None:
+                waiting.emptied = True
                 return True
         carry_counts = outcome.carry.counts() if outcome.carry else {}
         groups = set(carry_counts) | set(outcome.counts_before)
-        adds, names, values = _counting(
-            {group: carry_counts.get(group, 0) - outcome.counts_before.get(group, 0) for group in groups}
-        )
+        delta = {group: carry_counts.get(group, 0) - outcome.counts_before.get(group, 0) for group in groups}
+        adds, names, values = _counting(delta)
         # The oldest change still waiting: the carry's; else (approximately) the first left unread; else one
         # appended during this flush, queued no later than now.
         oldest = queued if outcome.carry else outcome.read[-1].queued if not outcome.complete else self.clock()
         values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}})
         names["#first"] = "first"
         self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero {adds}", values, names)
+        counts = {group: waiting.counts.get(group, 0) + delta.get(group, 0) for group in {*waiting.counts, *delta}}
+        waiting.counts = {group: n for group, n in counts.items() if n > 0}
+        waiting.counters = tuple(sorted({*waiting.counters, *map(_counter, delta)}))
+        waiting.first, waiting.fails = float(f"{oldest:.3f}"), 0
         return False
 
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
@@ -263,9 +267,10 @@ class Outbox(Table):
         waiting.advertiser = record.get("advertiser", DEFAULT_ADVERTISER)
 
     def failed(self, waiting: Waiting, retry_at: float) -> None:
-        """Count a failed flush and when to try again."""
+        """Count a failed flush and when to try again (on the item and on `waiting`)."""
         values = {":f": {"N": str(waiting.fails + 1)}, ":r": {"N": f"{retry_at:.3f}"}}
         self._update_item(waiting.audience_key, "SET fails = :f, retry = :r", values)
+        waiting.fails, waiting.retry = waiting.fails + 1, float(f"{retry_at:.3f}")
 
     def _update_item(
         self,

@@ -76,13 +76,19 @@ class Table:
         return list(self._items(pk, prefix, projection, consistent))
 
     def _items(
-        self, pk: str, prefix: str = "", projection: str | None = None, consistent: bool = True
+        self, pk: str, prefix: str = "", projection: str | None = None, consistent: bool = True, after: str = ""
     ) -> Iterator[Item]:
-        """The items of a partition in key order, a page read only when the caller gets to it."""
+        """The items of a partition in key order (whose sk starts with `prefix`, or sorts after `after`), a page
+        read only when the caller gets to it."""
+        condition, values = "pk = :p", {":p": {"S": pk}}
+        if prefix:
+            condition, values[":s"] = "pk = :p AND begins_with(sk, :s)", {"S": prefix}
+        elif after:
+            condition, values[":gt"] = "pk = :p AND sk > :gt", {"S": after}
         arguments: dict[str, Any] = {
             "TableName": self.table,
-            "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)" if prefix else "pk = :p",
-            "ExpressionAttributeValues": {":p": {"S": pk}, **({":s": {"S": prefix}} if prefix else {})},
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
             "ConsistentRead": consistent,
         }
         if projection:
