@@ -4,8 +4,9 @@ Streams of 1k to 10M changes over 1 to 2,000 audiences arrive as a burst (a back
 fast as it can) or steadily over 30 minutes. Every 5 simulated seconds the sync function applies what
 arrived (AudienceSync: the real fold, ledger and inbox code) and the flusher makes a pass (Flusher: the real
 policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). DynamoDB is the in-memory
-table (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated. A new
-Flusher starts every simulated minute, as each scheduled invocation builds its own (it reads the outbox afresh).
+table (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated. A Flusher
+lives as long as the invocation that built it: 50 s of passes for the minute's scheduled one, one pass for a
+sync invocation in the other 10 s (each reads the outbox's summaries afresh).
 
 The minimum the calls are compared with (devtools.minimum.WindowMinimum) is computed from the stream alone:
 per flush interval, per (audience, user), what Criteo must hold at its end against its start; a window whose
@@ -48,7 +49,7 @@ BUDGET_PER_MINUTE = 200  # the template's CriteoCallsPerMinute
 CRITEO_LIMIT_PER_MINUTE = 250  # Criteo's documented limit per app (what would be answered 429 above it)
 INTERVAL_SECONDS = 60.0  # FlushIntervalSeconds
 STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS); the sync applies what arrived
-FLUSH_SECONDS = 60.0  # a scheduled invocation flushes this long (one a minute), then the next one reads afresh
+FLUSH_SECONDS = 50.0  # a scheduled invocation (one a minute) flushes this long (FLUSH_SECONDS)
 BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
 QUICK_STEADY_SECONDS = 600.0  # ... over 10 in quick mode (the test suite's run)
@@ -149,7 +150,9 @@ def simulate(
 
     def step(now: float) -> None:
         nonlocal serial, flusher
-        if int(now // FLUSH_SECONDS) != int(clock.now // FLUSH_SECONDS):  # the next scheduled invocation's
+        # A scheduled invocation a minute flushes for 50 s with one Flusher; in the other 10 s, the sync
+        # invocations each make one pass of their own (a new Flusher, its own read of the summaries).
+        if int(now // 60) != int(clock.now // 60) or now % 60 >= FLUSH_SECONDS:
             flusher = new_flusher()
         clock.now = now
         if arrived:

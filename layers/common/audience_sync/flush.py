@@ -188,7 +188,7 @@ class Flusher:
         """Every audience waiting in the outbox, those not paused (a paused audience's changes wait), and per
         advertiser how long its budget needs for their calls."""
         if self._summaries is None:
-            self._summaries = self.outbox.waiting(consistent=True)
+            self._summaries = self.outbox.waiting()
         every = self._summaries = [w for w in self._summaries if not w.emptied]
         waiting = [w for w in every if not self._settings(w).paused]
         by_advertiser: dict[str, list[Waiting]] = {}

@@ -168,11 +168,10 @@ class Outbox(Table):
             ]
         )
 
-    def waiting(self, consistent: bool = False) -> list[Waiting]:
-        """Every audience with something waiting. Eventually consistent by default (half the read units): a
-        summary a moment old only delays a flush, and what a flush does with it is conditional on the item as
-        it is."""
-        return [_waiting(item) for item in self._query(SUMMARIES, consistent=consistent) if "first" in item]
+    def waiting(self) -> list[Waiting]:
+        """Every audience with something waiting. Eventually consistent (half the read units): a summary a
+        moment old only delays a flush, and what a flush does with it is conditional on the item as it is."""
+        return [_waiting(item) for item in self._query(SUMMARIES, consistent=False) if "first" in item]
 
     def entries(self, audience_key: str) -> list[Stored]:
         """All of an audience's entries, oldest first."""
