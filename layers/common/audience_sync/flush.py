@@ -103,7 +103,7 @@ class Flusher:
 
     The outboxes' only writer, it reads their summaries once (and again after gathering) and keeps them in step
     with what it writes, instead of reading them at every pass: under a backlog a scheduled invocation passes
-    ten times a minute, and at 2,000 audiences those reads were 6% of the bill."""
+    ten times a minute, and on 100k changes over 2,000 audiences those reads were ~2.5% of the bill."""
 
     def __init__(
         self,
