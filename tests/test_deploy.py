@@ -136,6 +136,25 @@ def test_default_parameters_grant_no_wildcard_resource_and_no_aws_managed_policy
     assert managed_policy_arns(template, resolver) == []
 
 
+def test_each_function_failing_raises_an_alarm_to_the_topic() -> None:
+    # A crash or a time-out of the sync function (a scheduled flush failing every minute) published no figure
+    # that an alarm watched: only the ingest function's errors were alarmed.
+    template, _ = transformed({"AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:ops"})
+    watched = {
+        r["Properties"]["Dimensions"][0]["Value"]["Ref"]: r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("MetricName") == "Errors"
+    }
+    assert set(watched) == {"IngestFunction", "AudienceSyncFunction"}
+    for alarm in watched.values():
+        assert (alarm["Namespace"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+            "AWS/Lambda",
+            0,
+            "GreaterThanThreshold",
+        )
+        assert alarm["AlarmActions"]["Fn::If"][1] == [{"Ref": "AlarmTopicArn"}]
+
+
 def test_tracing_adds_exactly_one_wildcard_statement_for_xray() -> None:
     template, resolver = transformed({"EnableTracing": "true"})
     wildcards = wildcard_statements(template, resolver)
