@@ -27,6 +27,7 @@ import requests
 
 from audience_sync.advertisers import Advertisers
 from audience_sync.budget import CallBudget
+from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
@@ -49,7 +50,7 @@ BUDGET_PER_MINUTE = 200  # the template's CriteoCallsPerMinute
 CRITEO_LIMIT_PER_MINUTE = 250  # Criteo's documented limit per app (what would be answered 429 above it)
 INTERVAL_SECONDS = 60.0  # FlushIntervalSeconds
 STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS); the sync applies what arrived
-FLUSH_SECONDS = 50.0  # a scheduled invocation (one a minute) flushes this long (FLUSH_SECONDS)
+FLUSH_SECONDS = float(SyncSettings.flush_seconds)  # a scheduled invocation (one a minute) flushes this long
 BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
 QUICK_STEADY_SECONDS = 600.0  # ... over 10 in quick mode (the test suite's run)
@@ -150,8 +151,8 @@ def simulate(
 
     def step(now: float) -> None:
         nonlocal serial, flusher
-        # A scheduled invocation a minute flushes for 50 s with one Flusher; in the other 10 s, the sync
-        # invocations each make one pass of their own (a new Flusher, its own read of the summaries).
+        # A scheduled invocation a minute flushes for FLUSH_SECONDS with one Flusher; in the rest of the minute,
+        # the sync invocations each make one pass of their own (a new Flusher, its own read of the summaries).
         if int(now // 60) != int(clock.now // 60) or now % 60 >= FLUSH_SECONDS:
             flusher = new_flusher()
         clock.now = now
