@@ -52,6 +52,8 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
         + stream["calls"]["patch"] * scale * CRITEO_PATCH_SECONDS
         + stream["identifiers_sent"] * scale / MAX_IDENTIFIERS * CRITEO_SECONDS_PER_50K
         + table_calls / 16 * DYNAMODB_CALL_SECONDS
+        # The scheduled invocations' time between their passes: billed though it waits for the next pass.
+        + stream.get("flush_invocation_seconds", 0.0) * scale
     )
     # The ledger and the outbox, as their DynamoDB requests on that stream were billed (bench/memory_table.py
     # meters each one): per (audience, user) touched one consistent read and one write; per audience and

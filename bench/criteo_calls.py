@@ -2,11 +2,12 @@
 
 Streams of 1k to 10M changes over 1 to 2,000 audiences arrive as a burst (a backfill: Segment delivering as
 fast as it can) or steadily over 30 minutes. Every 5 simulated seconds the sync function applies what
-arrived (AudienceSync: the real fold, ledger and inbox code) and the flusher makes a pass (Flusher: the real
-policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). DynamoDB is the in-memory
-table (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated. A Flusher
-lives as long as the invocation that built it: 50 s of passes for the minute's scheduled one, one pass for a
-sync invocation in the other 10 s (each reads the outbox's summaries afresh).
+arrived (AudienceSync: the real fold, ledger and inbox code) and, when the flusher lease is free, makes a pass
+(Flusher: the real policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). At every
+minute the scheduled invocation runs the real `run_flushes`, its sleeps moving the simulation on, until it
+leaves (nothing waits, a sync invocation flushed meanwhile, or its 50 s are over): how long it ran is billed.
+A Flusher lives as long as the invocation that built it. DynamoDB is the in-memory table
+(bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated.
 
 The minimum the calls are compared with (devtools.minimum.WindowMinimum) is computed from the stream alone:
 per flush interval, per (audience, user), what Criteo must hold at its end against its start; a window whose
@@ -18,9 +19,9 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, cast
 
 import requests
@@ -31,7 +32,7 @@ from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
-from audience_sync.flush import Flusher, FlushPolicy
+from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
 from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox
@@ -83,6 +84,7 @@ class Run:
     last_arrival: float = 0.0
     drained_at: float = 0.0
     invocations: int = 0
+    flush_invocation_seconds: float = 0.0  # how long the scheduled invocations ran (Lambda bills it)
     largest_audience_flush: int = 0
     identifiers_sent: int = 0
 
@@ -116,6 +118,16 @@ def _per_minute(patches_at: list[tuple[float, int]]) -> tuple[int, float]:
     return peak, (over / total if total else 0.0)
 
 
+class ObservedFlusher(Flusher):
+    """A Flusher whose every pass the simulation records (`observe` wraps the real pass)."""
+
+    observe: Callable[[Callable[[], FlushReport]], FlushReport]
+
+    def tick(self) -> FlushReport:
+        """The real pass, observed."""
+        return self.observe(super().tick)
+
+
 def simulate(
     criteo_emulator: CriteoEmulator, spec: StreamSpec, burst: bool, steady_seconds: float = STEADY_SECONDS
 ) -> dict[str, Any]:
@@ -140,77 +152,94 @@ def simulate(
     sync = AudienceSync(ledger, inbox, dead_letters, options, lambda: 300.0)
     policy = FlushPolicy(interval_seconds=INTERVAL_SECONDS, calls_per_minute=BUDGET_PER_MINUTE)
     advertisers = Advertisers(lambda name: criteo, lambda client_id, rate: budget, options.deployment, frozenset())
-    new_flusher = partial(Flusher, advertisers, inbox, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
-    flusher = new_flusher()
     windows = WindowMinimum(INTERVAL_SECONDS, BUDGET_PER_MINUTE, cast(Any, DiskDict()) if on_disk else None)
     whole = WindowMinimum(math.inf, BUDGET_PER_MINUTE, cast(Any, DiskDict()) if on_disk else None)
     run = Run()
-    arrived: list[tuple[float, list[AudienceChange]]] = []  # Segment requests not applied yet, with arrival time
-    request: list[AudienceChange] = []
+    duration = spec.changes / BURST_PER_SECOND if burst else steady_seconds
+    changes = enumerate(stream(spec))
+    pending: tuple[int, AudienceChange] | None = next(changes, None)
     serial = 0
+    peer_input: list[AudienceChange] = []
 
-    def step(now: float) -> None:
-        nonlocal serial, flusher
-        # A scheduled invocation a minute flushes for FLUSH_SECONDS with one Flusher; in the rest of the minute,
-        # the sync invocations each make one pass of their own (a new Flusher, its own read of the summaries).
-        if int(now // 60) != int(clock.now // 60) or now % 60 >= FLUSH_SECONDS:
-            flusher = new_flusher()
-        clock.now = now
-        if arrived:
-            for batch in invocations([changes for _, changes in arrived], serial):
-                serial += len(batch)
-                queued = {message_id: arrived[0][0] for message_id, _ in batch}
-                applied = sync.run(batch, queued=queued)
-                run.invocations += 1
-                if applied.failed:
-                    raise RuntimeError(f"the sync handed back {len(applied.failed)} messages")
-            arrived.clear()
-        before = criteo_emulator.count("patch")
+    def observed(tick: Callable[[], FlushReport]) -> FlushReport:
         with table.unmetered():
             waiting = outbox.waiting()
         run.largest_audience_flush = max([run.largest_audience_flush, *(sum(w.counts.values()) for w in waiting)])
-        report = flusher.tick()
+        before = criteo_emulator.count("patch")
+        report = tick()
         run.waited.extend(report.waited)
         run.identifiers_sent += report.counts["identifiers_added"] + report.counts["identifiers_removed"]
         made = criteo_emulator.count("patch") - before
         if made:
-            run.patches_at.append((now, made))
+            run.patches_at.append((clock.now, made))
+        return report
 
-    duration = spec.changes / BURST_PER_SECOND if burst else steady_seconds
-    next_step = STEP_SECONDS
-    peer_input: list[AudienceChange] = []
-    for index, change in enumerate(stream(spec)):
-        at = index * duration / spec.changes
-        while at >= next_step:
-            if request:
-                arrived.append((next_step - STEP_SECONDS, request))
-                request = []
-            step(next_step)
-            next_step += STEP_SECONDS
-        request.append(change)
-        if len(request) == EVENTS_PER_SEGMENT_REQUEST:
-            arrived.append((at, request))
-            request = []
-        windows.add(at, change)
-        whole.add(0.0, change)
-        if on_disk and index and index % PROGRESS_EVERY == 0:  # an hour or more per stream: say where it is
-            print(f"[bench] criteo_calls {spec.label}: {index:,} changes in, simulated {at:,.0f} s", flush=True)
-        if not on_disk:
-            peer_input.append(change)
-        run.last_arrival = at
-    if request:
-        arrived.append((run.last_arrival, request))
-    started = next_step
-    while True:
-        step(next_step)
-        next_step += STEP_SECONDS
+    def new_flusher() -> ObservedFlusher:
+        flusher = ObservedFlusher(advertisers, inbox, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
+        flusher.observe = observed
+        return flusher
+
+    def advance(_: float = STEP_SECONDS) -> None:
+        """The next STEP_SECONDS: the Segment requests that arrived in it are applied by sync invocations, and
+        the last of them makes a pass when the flusher lease is free (`sleep` of a scheduled invocation)."""
+        nonlocal pending, serial
+        clock.now += STEP_SECONDS
+        arrived: list[list[AudienceChange]] = [[]]
+        first_at = clock.now
+        while pending is not None and (at := pending[0] * duration / spec.changes) < clock.now:
+            index, change = pending
+            first_at = min(first_at, at)
+            if len(arrived[-1]) == EVENTS_PER_SEGMENT_REQUEST:
+                arrived.append([])
+            arrived[-1].append(change)
+            windows.add(at, change)
+            whole.add(0.0, change)
+            if on_disk and index and index % PROGRESS_EVERY == 0:  # an hour or more per stream: say where it is
+                print(f"[bench] criteo_calls {spec.label}: {index:,} changes in, simulated {at:,.0f} s", flush=True)
+            if not on_disk:
+                peer_input.append(change)
+            run.last_arrival = at
+            pending = next(changes, None)
+        if not arrived[0]:
+            return
+        for batch in invocations(arrived, serial):
+            serial += len(batch)
+            applied = sync.run(batch, queued=dict.fromkeys((m for m, _ in batch), first_at))
+            run.invocations += 1
+            if applied.failed:
+                raise RuntimeError(f"the sync handed back {len(applied.failed)} messages")
+        if ledger.acquire_flusher() is not None:  # (a scheduled invocation gives it back between its passes)
+            new_flusher().tick()
+            ledger.release_flusher()
+
+    def scheduled() -> None:
+        """The minute's scheduled invocation: the real run_flushes, its sleeps moving the simulation on."""
+        began = clock.now
+        turn = ledger.acquire_flusher()
+        assert turn is not None
+        run_flushes(
+            new_flusher(),
+            turn,
+            STEP_SECONDS,
+            lambda: clock.now - began + STEP_SECONDS < FLUSH_SECONDS,
+            ledger.acquire_flusher,
+            ledger.release_flusher,
+            advance,
+        )
+        ledger.release_flusher()
+        run.flush_invocation_seconds += clock.now - began
+
+    def drained() -> bool:
         with table.unmetered():  # (the simulation's own look: not billed)
-            drained = not outbox.waiting() and not any(g.first is not None for g in inbox.waiting())
-        if drained:
-            break
-        if next_step - started > 48 * 3600:
+            return not outbox.waiting() and not any(g.first is not None for g in inbox.waiting())
+
+    while pending is not None or not drained():
+        if clock.now % 60 == 0:
+            scheduled()
+        advance()
+        if clock.now > run.last_arrival + 48 * 3600:
             raise RuntimeError("the outbox did not drain in 48 simulated hours")
-    run.drained_at = next_step - STEP_SECONDS
+    run.drained_at = clock.now
     window_minimum, whole_minimum = windows.finish(), whole.finish()
     calls = {kind: criteo_emulator.count(kind) for kind in CALL_KINDS}
     peak, over_limit = _per_minute(run.patches_at)
@@ -229,6 +258,7 @@ def simulate(
         "audiences": spec.audiences,
         "arrival_seconds": round(duration, 1),
         "invocations": run.invocations,
+        "flush_invocation_seconds": run.flush_invocation_seconds,
         "calls": {**calls, "total": sum(calls.values())},
         "window_minimum": window_minimum,
         "windows": windows.windows,

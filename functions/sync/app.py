@@ -97,7 +97,10 @@ def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: boo
         return context.get_remaining_time_in_millis() / 1000.0
 
     stop_at = time.monotonic() + keep_flushing_seconds
-    if seconds_left() < SAFETY_SECONDS or not ledger.acquire_flusher():
+    # A scheduled invocation waits for the last pass of the one before it (a sync invocation's pass is skipped).
+    wait = settings.flush_poll_seconds if keep_flushing_seconds else 0.0
+    turn = ledger.acquire_flusher(wait) if seconds_left() >= SAFETY_SECONDS else None
+    if turn is None:
         return {}
     advertisers = advertisers_for(seconds_left)
     try:
@@ -115,12 +118,14 @@ def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: boo
         )
         report: FlushReport = run_flushes(
             flusher,
+            turn,
             settings.flush_poll_seconds,
             lambda: (
                 time.monotonic() + settings.flush_poll_seconds < stop_at
                 and seconds_left() > settings.flush_poll_seconds + 2 * SAFETY_SECONDS
             ),
             ledger.acquire_flusher,
+            ledger.release_flusher,
         )
     finally:
         ledger.release_flusher()

@@ -184,6 +184,10 @@ class Flusher:
         report.gauges["outbox_without_credentials"] = sum(self._settings(w).advertiser in unreadable for w in waiting)
         return report
 
+    def forget(self) -> None:
+        """Drop the summaries kept: another invocation flushed since they were read."""
+        self._summaries = None
+
     def _outbox(self) -> tuple[list[Waiting], list[Waiting], dict[str, float]]:
         """Every audience waiting in the outbox, those not paused (a paused audience's changes wait), and per
         advertiser how long its budget needs for their calls."""
@@ -429,22 +433,49 @@ def parked_body(plan: PatchPlan, name: str) -> str:
     return pack_parked(Parked(plan.audience_key, name, plan.operation, plan.identifier_type, plan.identifiers))
 
 
+def waits_for_this_invocation(report: FlushReport) -> bool:
+    """After a pass: whether anything waits that this invocation could send (an advertiser whose credentials
+    could not be read is read again by the next invocation, not at every pass)."""
+    sendable = report.gauges["outbox_audiences"] > report.gauges["outbox_without_credentials"]
+    return sendable or bool(report.gauges["inbox_groups"])
+
+
+def hands_over(report: FlushReport) -> bool:
+    """After another invocation flushed between two of this one's passes (the flusher lease was taken
+    meanwhile): whether to leave the flushing to the sync invocations. While changes flow, each sync batch ends
+    with a pass of its own, so a scheduled invocation sleeping between passes is only billed Lambda time (~55 s a
+    minute for as long as anything waits). Unless the budget stopped its last pass: a backlog is drained by
+    whoever is awake, and a sync invocation comes too seldom to spend a budget that refills every few seconds."""
+    return not report.counts["budget_waits"]
+
+
 def run_flushes(
     flusher: Flusher,
+    turn: int,
     poll_seconds: float,
     keep_going: Callable[[], bool],
-    renew_lease: Callable[[], bool],
+    take_turn: Callable[[], int | None],
+    give_turn: Callable[[], None],
     sleep: Callable[[float], None] = time.sleep,
 ) -> FlushReport:
-    """Ticks every `poll_seconds` while anything waits that this invocation can send (an advertiser whose
-    credentials could not be read is read again by the next one), `keep_going()` and the flusher lease could be
-    renewed; the reports added up."""
+    """Passes every `poll_seconds` while anything waits that this invocation can send and `keep_going()`; the
+    reports added up. `turn`: the number of the flusher lease this invocation holds. Between passes the lease is
+    given back (`give_turn`), so that a sync invocation ending meanwhile makes its own pass, and taken again
+    (`take_turn`, its new number or None when held): if another invocation flushed meanwhile, this one stops
+    (see `hands_over`) or, going on, reads the outbox again."""
     total = FlushReport()
     while True:
-        total.add(flusher.tick())
-        unsendable = total.gauges["outbox_audiences"] <= total.gauges["outbox_without_credentials"]
-        if (unsendable and not total.gauges["inbox_groups"]) or not keep_going():
+        report = flusher.tick()
+        total.add(report)
+        if not waits_for_this_invocation(total) or not keep_going():
             return total
+        give_turn()
         sleep(poll_seconds)
-        if not renew_lease():
+        taken = take_turn()
+        if taken is None:
             return total
+        if taken != turn + 1:  # another invocation flushed meanwhile
+            if hands_over(report):
+                return total
+            flusher.forget()
+        turn = taken

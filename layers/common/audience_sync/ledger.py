@@ -89,11 +89,13 @@ class Ledger(Table):
         super().__init__(dynamodb, table, clock)
         self.lock_seconds = lock_seconds
 
-    def acquire_flusher(self) -> bool:
-        """Take (or, taken, extend) the one flusher lease without waiting: one flush at a time, whichever
-        invocation runs it. Like an audience's, it outlasts the function's timeout: two flushers of one audience
-        could delete each other's entries, so one that crashed holds the flush back until it expires."""
-        return self._lease((FLUSHER_LEASE, "lock"), self.lock_seconds, 0.0, LEASE_KEPT_SECONDS) is not None
+    def acquire_flusher(self, wait_seconds: float = 0.0) -> int | None:
+        """Take (or, taken, extend) the one flusher lease, waiting up to `wait_seconds` for another holder to give
+        it back: one flush at a time, whichever invocation runs it. Like an audience's, it outlasts the function's
+        timeout: two flushers of one audience could delete each other's entries, so one that crashed holds the
+        flush back until it expires. Returns the lease's number (one more at every taking: a jump says another
+        invocation flushed meanwhile), or None when another invocation holds it."""
+        return self._lease((FLUSHER_LEASE, "lock"), self.lock_seconds, wait_seconds, LEASE_KEPT_SECONDS)
 
     def release_flusher(self) -> None:
         """Give the flusher lease back (only if still ours; an expired lease needs no release)."""
