@@ -5,7 +5,7 @@ fast as it can) or steadily over 30 minutes. Every 5 simulated seconds the sync 
 arrived (AudienceSync: the real fold, ledger and inbox code) and, when the flusher lease is free, makes a pass
 (Flusher: the real policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). At every
 minute the scheduled invocation runs the real `run_flushes`, its sleeps moving the simulation on, until it
-leaves (nothing waits, a sync invocation flushed meanwhile, or its 50 s are over): how long it ran is billed.
+leaves (nothing waits, a sync invocation flushed meanwhile, or FLUSH_SECONDS are over): how long it ran is billed.
 A Flusher lives as long as the invocation that built it. DynamoDB is the in-memory table
 (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated.
 
