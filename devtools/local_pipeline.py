@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.state:
         return show_state(args.gateway_port, args.json)
+    # Ctrl-C and SIGTERM stop the stack, even when started from a script's background job (which ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     settings = StackSettings(
         gateway_port=args.gateway_port,

@@ -65,7 +65,7 @@ def test_local_pipeline_replays_samples_and_prints_the_audiences() -> None:
 
 def test_serve_mode_answers_curl_and_ctrl_c_leaves_no_process_behind() -> None:
     command = [sys.executable, "-m", "devtools.local_pipeline", "--serve", "--moto-port", "0", "--criteo-port", "0"]
-    for run in range(2):  # a second run works too
+    for run in range(2):  # a second run works too, started as a script's background job (SIGINT ignored)
         started = subprocess.Popen(
             [*command, "--gateway-port", "0"],
             cwd=ROOT,
@@ -73,6 +73,8 @@ def test_serve_mode_answers_curl_and_ctrl_c_leaves_no_process_behind() -> None:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints every thread's stack
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if run else None,
         )
         with killed_at_exit(started) as server:
             serve_once(server, run)
@@ -101,7 +103,14 @@ def serve_once(server: subprocess.Popen[str], run: int) -> None:
     if run == 0:
         check_state_and_busy_ports(url, "".join(lines), own)
     server.send_signal(signal.SIGINT)
-    assert server.wait(timeout=30) == 0, "".join(lines)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.send_signal(signal.SIGABRT)
+        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGKILL)  # its moto holds the output pipe open
+        raise AssertionError("no exit within 30 s of Ctrl-C; its threads:\n" + server.stdout.read()[-8000:]) from None
+    assert server.returncode == 0, "".join(lines)
     for pid in children:
         assert subprocess.run(["ps", "-p", pid], capture_output=True).returncode != 0, f"stray process {pid}"
     log = server.stdout.read()
