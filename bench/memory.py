@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, cast
 
+from audience_sync.allowance import Allowance
 from audience_sync.inbox import GroupWaiting, Inbox, Slice, group_of
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, MAX_IDENTIFIERS_PER_ITEM, Outbox
@@ -24,6 +28,8 @@ from bench.memory_table import InMemoryTable
 from bench.streams import StreamSpec, generate, sync_batches
 
 FUNCTION_MEMORY_MB = 512  # template.yaml Globals: MemorySize
+FLUSH_WORKERS = 8  # the Flusher's default
+SEND_SECONDS = 1.0  # ten 50k-identifier PATCHes of one audience, eight at a time (bench/cost.py's assumptions)
 
 
 def _peak_mb(step: Callable[[], object]) -> float:
@@ -43,15 +49,32 @@ def _apply(batch: list[tuple[str, str]]) -> None:
     sync.run(batch)
 
 
-def _flush_read(outbox: Outbox) -> None:
-    read, _ = outbox.oldest("big")
-    for plan in patches("big", net(s.entry for s in read)):
+def _flush_read(outbox: Outbox, audience: str = "big") -> list[str]:
+    """An audience's waiting entries read, netted and made into PATCH bodies (held while they are sent)."""
+    read, _ = outbox.oldest(audience)
+    bodies = []
+    for plan in patches(audience, net(s.entry for s in read)):
         attributes = {
             "operation": plan.operation,
             "identifierType": plan.identifier_type,
             "identifiers": plan.identifiers,
         }
-        json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}})
+        bodies.append(json.dumps({"data": {"type": "ContactlistAmendment", "attributes": attributes}}))
+    return bodies
+
+
+def _flush_pass(outbox: Outbox, audiences: list[str], each: int, allowance: Allowance) -> None:
+    """Eight workers reading and planning eight audiences at once, each first taking what its audience holds from
+    the shared allowance, as the Flusher's workers do."""
+
+    def one(audience: str) -> None:
+        with allowance.holding(each, lambda: True):
+            bodies = _flush_read(outbox, audience)
+            time.sleep(SEND_SECONDS)  # the PATCHes on their way: the bodies are held meanwhile
+            del bodies
+
+    with ThreadPoolExecutor(FLUSH_WORKERS) as pool:
+        list(pool.map(one, audiences))
 
 
 def _filled_group(identifiers: int, audiences: int = 100) -> tuple[Inbox, GroupWaiting]:
@@ -77,9 +100,15 @@ def run(quick: bool) -> dict[str, Any]:
     table = cast(Any, InMemoryTable())
     outbox = Outbox(table, "m")
     identifiers = 40_000 if quick else MAX_IDENTIFIERS_PER_FLUSH
-    for start in range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM):
-        chunk = {f"{i:064x}" for i in range(start, min(identifiers, start + MAX_IDENTIFIERS_PER_ITEM))}
-        outbox.append("big", Entry({}, {"email": chunk}), "Big", 0.0)
+    audiences = [f"big{n}" if n else "big" for n in range(FLUSH_WORKERS)]
+    for audience in audiences:
+        for start in range(0, identifiers, MAX_IDENTIFIERS_PER_ITEM):
+            chunk = {f"{i:064x}" for i in range(start, min(identifiers, start + MAX_IDENTIFIERS_PER_ITEM))}
+            outbox.append(audience, Entry({}, {"email": chunk}), audience, 0.0)
+    pass_peak = {
+        label: _peak_mb(partial(_flush_pass, outbox, audiences, identifiers, Allowance(total)))
+        for label, total in (("shared_allowance", identifiers), ("no_allowance", FLUSH_WORKERS * identifiers))
+    }
     inbox, group = _filled_group(identifiers)
     return {
         "function_memory_mb": FUNCTION_MEMORY_MB,
@@ -93,4 +122,5 @@ def run(quick: bool) -> dict[str, Any]:
             "peak_mb": _peak_mb(lambda: inbox.gather(group, Outbox(cast(Any, InMemoryTable()), "m"))),
         },
         "flush_read": {"identifiers": identifiers, "peak_mb": _peak_mb(lambda: _flush_read(outbox))},
+        "flush_pass": {"audiences": FLUSH_WORKERS, "identifiers_each": identifiers, **pass_peak},
     }

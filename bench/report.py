@@ -91,6 +91,16 @@ def lines(results: dict[str, Any]) -> list[str]:
                 row["peak_mb"] < memory["function_memory_mb"],
             )
         )
+    flush_pass = memory["flush_pass"]
+    out.append(
+        _row(
+            f"8 memory, flush pass of {flush_pass['audiences']} audiences",
+            f"{flush_pass['shared_allowance']} MB peak",
+            f"{flush_pass['no_allowance']} MB without the allowance",
+            "< function memory",
+            flush_pass["shared_allowance"] < memory["function_memory_mb"],
+        )
+    )
     cost = results["cost"]
     out.append(
         _row(

@@ -20,7 +20,7 @@ from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
 from audience_sync.flush import ALL, FULL_ONLY, Flusher, FlushPolicy
 from audience_sync.inbox import Inbox, Slice, group_of
-from audience_sync.outbox import Outbox, Outcome, Waiting, stored_counts
+from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, Outbox, Outcome, Waiting, stored_counts
 from audience_sync.plan import Entry, net
 from audience_sync.queue import QueueWriter
 from audience_sync.sync import DeadLetters, SyncOptions
@@ -95,6 +95,7 @@ def new_flusher(
     sleep: Callable[[float], None] = time.sleep,
     workers: int = 8,
     burst: float | None = None,
+    held_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH,
 ) -> Flusher:
     """A Flusher wired like functions/sync/app.py, against the stack's table, DLQ and the emulator."""
     dynamodb = stack.aws.client("dynamodb")
@@ -119,6 +120,7 @@ def new_flusher(
         policy,
         seconds_left,
         workers=workers,
+        held_identifiers=held_identifiers,
     )
 
 
@@ -472,6 +474,31 @@ def test_under_a_backlog_a_flush_sends_only_full_groups_and_keeps_the_rest(aws_s
 
 
 # --- 5. the Flusher within the budget ----------------------------------------------------------------------------
+
+
+def test_a_flush_holds_no_more_identifiers_at_once_than_its_allowance(aws_stack: Stack) -> None:
+    """Eight workers reading eight audiences of 500k would need ~1.1 GB: they take turns within the allowance."""
+    criteo = aws_stack.criteo
+    outbox = new_outbox(aws_stack)
+    audiences = {f"big{n}": emails(20_000 * n, 20_000 * (n + 1)) for n in range(3)}
+    policy = FlushPolicy(interval_seconds=0, calls_per_minute=6000)
+    for n, audience in enumerate(audiences):  # the segments exist: below, every call is a PATCH
+        outbox.append(audience, removes({email(900 + n)}), audience, queued=time.time())
+    new_flusher(aws_stack, policy).tick()
+    criteo.faults.latency_s = 1.5  # every call: the workers' PATCHes overlap unless they take turns
+
+    def flushed(held_identifiers: int) -> int:
+        criteo.peak_identifiers_in_flight = 0
+        for audience, ids in audiences.items():
+            outbox.append(audience, adds(ids), audience, queued=time.time())
+        report = new_flusher(aws_stack, policy, workers=8, held_identifiers=held_identifiers).tick()
+        assert report.emptied == 3 and outbox.waiting() == []
+        return criteo.peak_identifiers_in_flight
+
+    assert flushed(MAX_IDENTIFIERS_PER_FLUSH) == 60_000  # all three at once: the test sees overlap
+    assert flushed(30_000) == 20_000  # one audience at a time
+    for audience, ids in audiences.items():
+        assert aws_stack.members(audience) == ids
 
 
 def test_flush_makes_no_more_patches_than_the_budget_holds(aws_stack: Stack) -> None:

@@ -12,7 +12,8 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -123,6 +124,9 @@ class CriteoEmulator:
         self.calls: list[tuple[str, str, int]] = []
         self.patch_log: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
+        # Identifiers in PATCH requests being answered right now, and the most there were at once since the reset.
+        self.identifiers_in_flight = 0
+        self.peak_identifiers_in_flight = 0
         self.stall: PatchStall | None = None
         self._log_lock = threading.Lock()
         self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietRequestHandler)
@@ -180,6 +184,7 @@ class CriteoEmulator:
             self.calls.clear()
             self.patch_log.clear()
             self.spec_violations.clear()
+            self.peak_identifiers_in_flight = 0
 
     def stall_patch(self, at: int) -> PatchStall:
         """Hold the answer to the `at`-th PATCH applied since the last reset."""
@@ -274,14 +279,27 @@ class CriteoEmulator:
             with self._log_lock:
                 self.spec_violations.append(f"{request.method} {request.full_path.rstrip('?')}: {summary}")
         api = self._authorize(request)
-        headers = self._apply_faults(request.path)
+        with self._in_flight(_identifiers_in(body) if endpoint == "patch" else 0):
+            headers = self._apply_faults(request.path)
+            try:
+                if summary:
+                    raise problem(400, "validation", "invalid-request", summary, request.path)
+                return 200, self._perform(api, endpoint, args, body, query, request.path), headers
+            except Reply as reply:
+                reply.headers = {**headers, **reply.headers}
+                raise
+
+    @contextmanager
+    def _in_flight(self, identifiers: int) -> Iterator[None]:
+        """Count a request's identifiers as in flight while it is answered (its latency included)."""
+        with self._log_lock:
+            self.identifiers_in_flight += identifiers
+            self.peak_identifiers_in_flight = max(self.peak_identifiers_in_flight, self.identifiers_in_flight)
         try:
-            if summary:
-                raise problem(400, "validation", "invalid-request", summary, request.path)
-            return 200, self._perform(api, endpoint, args, body, query, request.path), headers
-        except Reply as reply:
-            reply.headers = {**headers, **reply.headers}
-            raise
+            yield
+        finally:
+            with self._log_lock:
+                self.identifiers_in_flight -= identifiers
 
     def _perform(
         self, api: AudienceApi, endpoint: str, args: dict[str, Any], body: Any, query: dict[str, Any], instance: str
@@ -431,3 +449,11 @@ def _code(status: int) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _identifiers_in(body: Any) -> int:
+    """How many identifiers a contact-list PATCH body carries (0 when it is not the spec's shape)."""
+    try:
+        return len(body["data"]["attributes"]["identifiers"])
+    except (KeyError, TypeError):
+        return 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from audience_sync.advertisers import Advertiser, Advertisers
+from audience_sync.allowance import Allowance
 from audience_sync.audience_config import AudienceConfig, AudienceSettings
 from audience_sync.criteo.errors import (
     CriteoError,
@@ -33,7 +34,7 @@ from audience_sync.identifiers import GUM
 from audience_sync.inbox import GroupWaiting, Inbox
 from audience_sync.moves import MOVED, Moves
 from audience_sync.observability import logger
-from audience_sync.outbox import Outbox, Outcome, Waiting, forgotten, stored_counts
+from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, Outbox, Outcome, Waiting, forgotten, stored_counts
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
 from audience_sync.records import ADD, Parked, pack_parked
 from audience_sync.sync import SAFETY_SECONDS, DeadLetters, SyncOptions
@@ -117,6 +118,7 @@ class Flusher:
         workers: int = 8,
         config: Callable[[], AudienceConfig] = AudienceConfig,
         moves: Moves | None = None,
+        held_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH,
     ) -> None:
         self.advertisers = advertisers
         self.moves = moves  # where an audience moved to another advertiser starts carrying its members over
@@ -130,6 +132,7 @@ class Flusher:
         self.seconds_left = seconds_left
         self.clock = outbox.clock
         self.workers = workers
+        self.allowance = Allowance(held_identifiers)  # what all workers read at once: one audience's limit
         self._stop = threading.Event()  # the outbox is unavailable: no new flush this tick
         self._summaries: list[Waiting] | None = None  # the outbox's summaries, kept in step (None: read them)
 
@@ -230,16 +233,22 @@ class Flusher:
             gathered += 1
         return left, gathered
 
+    def _may_go_on(self) -> bool:
+        """The outbox is available and time is left for one more audience."""
+        return not self._stop.is_set() and self.seconds_left() >= SAFETY_SECONDS
+
     def _flush(self, waiting: Waiting, mode: str) -> FlushReport:
         report = FlushReport()
-        if self._stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
+        if not self._may_go_on():
             return report
         name = self._settings(waiting).advertiser
         advertiser = self.advertisers.get(name, self._config.rate(name, self.policy.calls_per_minute))
         if advertiser is None or advertiser.app.stop.is_set():  # its changes wait (the credentials are counted)
             return report
         try:
-            self._send(advertiser, waiting, mode, report)
+            with self.allowance.holding(sum(waiting.counts.values()), self._may_go_on) as held:
+                if held:
+                    self._send(advertiser, waiting, mode, report)
         except DependencyUnavailable as error:  # the entries stay: what was sent is sent again, in order
             logger.warning("outbox unavailable", extra={"reason": str(error)})
             report.counts["dependency_errors"] += 1
