@@ -36,7 +36,7 @@ from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
 from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox
-from audience_sync.records import AudienceChange, unpack_changes
+from audience_sync.records import AudienceChange, pack_changes, unpack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
 from bench.disk import DiskDict
 from bench.memory_table import InMemoryTable
@@ -46,11 +46,15 @@ from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, invocations, m
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO
 from devtools.minimum import WindowMinimum
+from devtools.template import load_template
 
 BUDGET_PER_MINUTE = 200  # the template's CriteoCallsPerMinute
 CRITEO_LIMIT_PER_MINUTE = 250  # Criteo's documented limit per app (what would be answered 429 above it)
 INTERVAL_SECONDS = 60.0  # FlushIntervalSeconds
-STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS); the sync applies what arrived
+STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS)
+# SyncBatchingWindowSeconds: the event source holds a batch that is not full this long (to the step: invoked in the
+# step it runs out in)
+SYNC_WINDOW_SECONDS = float(load_template()["Parameters"]["SyncBatchingWindowSeconds"]["Default"])
 FLUSH_SECONDS = float(SyncSettings.flush_seconds)  # a scheduled invocation (one a minute) flushes this long
 BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
@@ -118,6 +122,18 @@ def _per_minute(patches_at: list[tuple[float, int]]) -> tuple[int, float]:
     return peak, (over / total if total else 0.0)
 
 
+def _queued_at(held: list[tuple[float, list[list[AudienceChange]]]], first_serial: int) -> dict[str, float]:
+    """Message id -> when ingest queued it: the messages `invocations` numbers from `first_serial`, in order."""
+    queued: dict[str, float] = {}
+    serial = first_serial
+    for at, arrived in held:
+        for request in arrived:
+            for _ in pack_changes(request):
+                queued[f"msg-{serial}"] = at
+                serial += 1
+    return queued
+
+
 class ObservedFlusher(Flusher):
     """A Flusher whose every pass the simulation records (`observe` wraps the real pass)."""
 
@@ -160,6 +176,7 @@ def simulate(
     pending: tuple[int, AudienceChange] | None = next(changes, None)
     serial = 0
     peer_input: list[AudienceChange] = []
+    held: list[tuple[float, list[list[AudienceChange]]]] = []  # (arrived at, requests) the event source holds
 
     def observed(tick: Callable[[], FlushReport]) -> FlushReport:
         with table.unmetered():
@@ -180,9 +197,10 @@ def simulate(
         return flusher
 
     def advance(_: float = STEP_SECONDS) -> None:
-        """The next STEP_SECONDS: the Segment requests that arrived in it are applied by sync invocations, and
-        the last of them makes a pass when the flusher lease is free (`sleep` of a scheduled invocation)."""
-        nonlocal pending, serial
+        """The next STEP_SECONDS: the Segment requests that arrived are held by the event source until they fill
+        more than one invocation or the oldest was held SYNC_WINDOW_SECONDS; then sync invocations apply them,
+        and the last of them makes a pass when the flusher lease is free (`sleep` of a scheduled invocation)."""
+        nonlocal pending, serial, held
         clock.now += STEP_SECONDS
         arrived: list[list[AudienceChange]] = [[]]
         first_at = clock.now
@@ -200,11 +218,18 @@ def simulate(
                 peer_input.append(change)
             run.last_arrival = at
             pending = next(changes, None)
-        if not arrived[0]:
+        if arrived[0]:
+            held.append((first_at, arrived))
+        if not held:
             return
-        for batch in invocations(arrived, serial):
+        batches = invocations([request for _, group in held for request in group], serial)
+        if len(batches) == 1 and held[0][0] + SYNC_WINDOW_SECONDS >= clock.now + STEP_SECONDS:
+            return
+        queued = _queued_at(held, serial)
+        held = []
+        for batch in batches:
             serial += len(batch)
-            applied = sync.run(batch, queued=dict.fromkeys((m for m, _ in batch), first_at))
+            applied = sync.run(batch, queued=queued)
             run.invocations += 1
             if applied.failed:
                 raise RuntimeError(f"the sync handed back {len(applied.failed)} messages")
@@ -231,7 +256,7 @@ def simulate(
 
     def drained() -> bool:
         with table.unmetered():  # (the simulation's own look: not billed)
-            return not outbox.waiting() and not any(g.first is not None for g in inbox.waiting())
+            return not held and not outbox.waiting() and not any(g.first is not None for g in inbox.waiting())
 
     while pending is not None or not drained():
         if clock.now % 60 == 0:
