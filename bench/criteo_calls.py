@@ -42,7 +42,7 @@ from bench.disk import DiskDict
 from bench.memory_table import InMemoryTable
 from bench.peer import peer_calls
 from bench.servers import new_emulator
-from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, invocations, minimum_calls, stream, sync_batches
+from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, cut_batches, minimum_calls, stream, sync_batches
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO
 from devtools.minimum import WindowMinimum
@@ -122,18 +122,6 @@ def _per_minute(patches_at: list[tuple[float, int]]) -> tuple[int, float]:
     return peak, (over / total if total else 0.0)
 
 
-def _queued_at(held: list[tuple[float, list[list[AudienceChange]]]], first_serial: int) -> dict[str, float]:
-    """Message id -> when ingest queued it: the messages `invocations` numbers from `first_serial`, in order."""
-    queued: dict[str, float] = {}
-    serial = first_serial
-    for at, arrived in held:
-        for request in arrived:
-            for _ in pack_changes(request):
-                queued[f"msg-{serial}"] = at
-                serial += 1
-    return queued
-
-
 class ObservedFlusher(Flusher):
     """A Flusher whose every pass the simulation records (`observe` wraps the real pass)."""
 
@@ -176,7 +164,7 @@ def simulate(
     pending: tuple[int, AudienceChange] | None = next(changes, None)
     serial = 0
     peer_input: list[AudienceChange] = []
-    held: list[tuple[float, list[list[AudienceChange]]]] = []  # (arrived at, requests) the event source holds
+    held: list[tuple[float, str]] = []  # (queued at, message body): what the event source holds
 
     def observed(tick: Callable[[], FlushReport]) -> FlushReport:
         with table.unmetered():
@@ -218,14 +206,13 @@ def simulate(
                 peer_input.append(change)
             run.last_arrival = at
             pending = next(changes, None)
-        if arrived[0]:
-            held.append((first_at, arrived))
+        held += [(first_at, body) for request in arrived if request for body in pack_changes(request)]
         if not held:
             return
-        batches = invocations([request for _, group in held for request in group], serial)
+        batches = cut_batches([body for _, body in held], serial)
         if len(batches) == 1 and held[0][0] + SYNC_WINDOW_SECONDS >= clock.now + STEP_SECONDS:
             return
-        queued = _queued_at(held, serial)
+        queued = {f"msg-{number}": at for number, (at, _) in enumerate(held, serial)}
         held = []
         for batch in batches:
             serial += len(batch)

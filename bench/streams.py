@@ -105,21 +105,23 @@ def segment_requests(changes: list[AudienceChange]) -> Iterator[list[AudienceCha
 
 
 def invocations(requests: list[list[AudienceChange]], first_serial: int = 0) -> list[list[tuple[str, str]]]:
-    """Segment requests as the sync function receives them: ingest packs each into messages; the SQS event
-    source fills each invocation up to 6 MB (or 1,000 messages). Each batch is a list of (message id, body)."""
+    """Segment requests as the sync function receives them: ingest packs each into messages, cut into batches."""
+    return cut_batches([body for request in requests for body in pack_changes(request)], first_serial)
+
+
+def cut_batches(bodies: list[str], first_serial: int = 0) -> list[list[tuple[str, str]]]:
+    """Queued message bodies as the SQS event source delivers them: each invocation filled up to 6 MB (or 1,000
+    messages). Each batch is a list of (message id, body), ids numbered from `first_serial`."""
     batches: list[list[tuple[str, str]]] = []
     current: list[tuple[str, str]] = []
     size = 0
-    serial = first_serial
-    for request in requests:
-        for body in pack_changes(request):
-            cost = len(body) + SQS_RECORD_OVERHEAD_BYTES
-            if current and (size + cost > LAMBDA_PAYLOAD_BYTES or len(current) >= MAX_MESSAGES_PER_INVOCATION):
-                batches.append(current)
-                current, size = [], 0
-            current.append((f"msg-{serial}", body))
-            serial += 1
-            size += cost
+    for serial, body in enumerate(bodies, first_serial):
+        cost = len(body) + SQS_RECORD_OVERHEAD_BYTES
+        if current and (size + cost > LAMBDA_PAYLOAD_BYTES or len(current) >= MAX_MESSAGES_PER_INVOCATION):
+            batches.append(current)
+            current, size = [], 0
+        current.append((f"msg-{serial}", body))
+        size += cost
     if current:
         batches.append(current)
     return batches
