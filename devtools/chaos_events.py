@@ -35,7 +35,12 @@ from typing import Any
 
 from devtools.criteo_emulator.api import MAX_IDENTIFIERS
 
-BASE_MS = 1_795_000_000_000  # 2026-11-18
+# Every generated event was received before this (2026-11-18): the pipeline clamps a receivedAt later than
+# its own clock to now, so a timeline reaching past the day of the run would not be the truth's order.
+TIMELINE_END_MS = 1_795_000_000_000
+# How far a user's events run past its activity window at most: 1-5 operations up to 15 min apart, consent
+# changes up to 2.5 h after its last event, late receipts 10 min after that (and a few ms to keep times unique).
+WINDOW_OVERRUN_MS = 4 * 3_600_000
 ID_TYPES = ("email", "madid", "phoneNumber", "identityLink")
 OPTIONAL_TYPES = ID_TYPES[1:]
 ZERO_MADID = "00000000-0000-0000-0000-000000000000"
@@ -378,13 +383,19 @@ class ChaosStream:
         return found
 
 
+def timeline_ms(count: int) -> tuple[int, int]:
+    """(start, end) of a stream of `count` events: 2 s of user activity per event, then the overrun."""
+    return TIMELINE_END_MS - WINDOW_OVERRUN_MS - max(count, 1000) * 2000, TIMELINE_END_MS
+
+
 class _Generator:
     """Builds the drafts of `generate`; all randomness from one seeded Random, in a fixed order."""
 
     def __init__(self, count: int, audiences: int, seed: int) -> None:
         self.rng = random.Random(seed)
         self.count, self.audiences, self.seed = count, audiences, seed
-        self.span_ms = max(count, 1000) * 2000
+        self.start_ms, end_ms = timeline_ms(count)
+        self.span_ms = end_ms - WINDOW_OVERRUN_MS - self.start_ms
         self.users: dict[int, _User] = {}
         self.user_count = max(20, count // 8)
         self.drafts: list[_Draft] = []
@@ -405,9 +416,9 @@ class _Generator:
             index=index,
             anonymous=rng.random() < 0.15,
             id_types=("email", *(t for t in OPTIONAL_TYPES if t in optional)),
-            start_ms=BASE_MS + start,
+            start_ms=self.start_ms + start,
             window_ms=window,
-            email_change_ms=BASE_MS + start + rng.randrange(window // 5, window) if rng.random() < 0.25 else None,
+            email_change_ms=self.start_ms + start + rng.randrange(window // 5, window) if rng.random() < 0.25 else None,
             consent_mode=mode,
             withdraws=withdraws,
             regrants=withdraws and rng.random() < 0.4,

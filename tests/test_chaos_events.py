@@ -4,11 +4,13 @@ test, and its generator: deterministic, and producing every kind of chaos at the
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import defaultdict
 from typing import Any
 
 from devtools.chaos_events import (
     KINDS,
+    TIMELINE_END_MS,
     ZERO_MADID,
     carried,
     consent_granted,
@@ -19,6 +21,7 @@ from devtools.chaos_events import (
     iso_ms,
     members_in,
     single_batch_patches,
+    timeline_ms,
     user_key,
 )
 
@@ -309,6 +312,18 @@ def test_generated_events_keep_their_promises() -> None:
     assert sum(len(t) >= 2 for t in types.values()) > 0.8 * len(types)  # (some users' events carry fewer)
     # One event per time per (audience, user), except a split send's siblings.
     assert all(len(ids) == 1 for by_time in times.values() for ids in by_time.values())
+
+
+def test_every_event_of_any_stream_size_was_received_before_the_soak_runs() -> None:
+    # The pipeline trusts no receivedAt later than its own clock (it clamps to now), so a stream dated in
+    # the future of the run would be ordered differently from its truth: a 1M-event timeline that ran past
+    # the day of the soak failed it with 41,887 wrong and 31,978 lost members.
+    now_ms = time.time() * 1000
+    for count in (2000, 1_000_000, 10_000_000):
+        first_ms, last_ms = timeline_ms(count)
+        assert first_ms < last_ms == TIMELINE_END_MS < now_ms
+    stream = generate(CI_EVENTS, CI_AUDIENCES, seed=1)
+    assert max(iso_ms(e.payload()["receivedAt"]) for e in stream.events) <= timeline_ms(CI_EVENTS)[1]
 
 
 RULES = [
