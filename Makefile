@@ -85,10 +85,13 @@ test: lint typecheck pytest ## everything CI checks
 bench: setup ## every benchmark (hours with the 10M streams; ARGS=--max-changes 1000000: ~1 h): table, results.json, scaling.png
 	$(BIN)/python -m bench --jobs $$(nproc) $(ARGS)
 
+bench-stream: setup ## one Criteo-call stream into bench/results.json (ARGS="10000000 2000 steady": ~2 h)
+	$(BIN)/python -m bench.one_stream $(ARGS)
+
 bench-quick: setup ## the benchmarks at small sizes (what CI checks runs)
 	$(BIN)/python -m bench --quick --out .local/bench $(ARGS)
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-stream bench-quick
 
 validate: setup
 	sam validate --lint
