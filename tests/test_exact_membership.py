@@ -67,6 +67,16 @@ def test_a_timestamp_after_our_own_clock_is_clamped_without_receivedat(stack: St
     assert stack.members("cart") == set()
 
 
+def test_a_received_at_after_our_own_clock_is_not_trusted_either(stack: Stack) -> None:
+    # Segment stamps receivedAt on receipt, so one ahead of our clock is a replay or a relay's clock: the
+    # enter is dated now, and an exit stamped after it (clamped to a later now) wins.
+    future = enter("m1", "u1", ts="2099-01-01T00:00:00Z", email="a@example.com")
+    future["receivedAt"] = "2099-01-01T00:00:00Z"
+    sync(stack, future)
+    sync(stack, leave("m2", "u1", ts="2030-01-01T00:00:00Z"))
+    assert stack.members("cart") == set()
+
+
 def test_dates_before_1970_order_across_batches_like_within(stack: Stack) -> None:
     sync(stack, leave("m2", "u1", ts="1969-12-31T00:00:00Z"))
     sync(stack, enter("m1", "u1", ts="1969-06-01T00:00:00Z", email="a@example.com"))  # older: stays out
