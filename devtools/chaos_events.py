@@ -383,9 +383,14 @@ class ChaosStream:
         return found
 
 
+def _activity_ms(count: int) -> int:
+    """How long the users of a stream of `count` events are active: 2 s per event."""
+    return max(count, 1000) * 2000
+
+
 def timeline_ms(count: int) -> tuple[int, int]:
-    """(start, end) of a stream of `count` events: 2 s of user activity per event, then the overrun."""
-    return TIMELINE_END_MS - WINDOW_OVERRUN_MS - max(count, 1000) * 2000, TIMELINE_END_MS
+    """(start, end) of a stream of `count` events: its users' activity, then the overrun."""
+    return TIMELINE_END_MS - WINDOW_OVERRUN_MS - _activity_ms(count), TIMELINE_END_MS
 
 
 class _Generator:
@@ -394,8 +399,8 @@ class _Generator:
     def __init__(self, count: int, audiences: int, seed: int) -> None:
         self.rng = random.Random(seed)
         self.count, self.audiences, self.seed = count, audiences, seed
-        self.start_ms, end_ms = timeline_ms(count)
-        self.span_ms = end_ms - WINDOW_OVERRUN_MS - self.start_ms
+        self.start_ms = timeline_ms(count)[0]
+        self.span_ms = _activity_ms(count)
         self.users: dict[int, _User] = {}
         self.user_count = max(20, count // 8)
         self.drafts: list[_Draft] = []
