@@ -30,6 +30,9 @@ SQS_CALL_SECONDS = 0.02  # a SendMessageBatch round trip inside AWS
 CRITEO_PATCH_SECONDS = 0.1  # a PATCH round trip to Criteo, plus...
 CRITEO_SECONDS_PER_50K = 1.0  # ...uploading and processing 50,000 identifiers (assumptions)
 DYNAMODB_CALL_SECONDS = 0.01  # one BatchGet/BatchWrite/Query, 16 in parallel
+# An invocation that only flushes (a tick's, the minute schedule's): the handler, the flusher lease taken and
+# given back, the inbox's group items read; its Criteo and table calls are counted above.
+FLUSH_INVOCATION_SECONDS = 0.1
 SECRET_READS_PER_MILLION = 2 * 2 * 12 * 24  # 2 functions x 2 containers x one read per 5 min, for a day
 
 
@@ -46,13 +49,16 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
     messages = stream["sqs_messages"] * scale  # packed 64 KiB messages (records.py), as the stream made them
     dynamo = stream["dynamodb_calls"]
     table_calls = sum(n for operation, n in dynamo.items() if operation not in ("rru", "wru")) * scale
-    sync_invocations = stream["invocations"] * scale
+    flush_invocations = (stream.get("tick_invocations", 0) + stream.get("scheduled_invocations", 0)) * scale
+    sync_invocations = stream["invocations"] * scale + flush_invocations
     sync_seconds = (
         CHANGES / sync_records_per_second / VCPU_SHARE
         + stream["calls"]["patch"] * scale * CRITEO_PATCH_SECONDS
         + stream["identifiers_sent"] * scale / MAX_IDENTIFIERS * CRITEO_SECONDS_PER_50K
         + table_calls / 16 * DYNAMODB_CALL_SECONDS
-        # The scheduled invocations' time between their passes: billed though it waits for the next pass.
+        + flush_invocations * FLUSH_INVOCATION_SECONDS
+        # Rows measured before the flush ticks (twelfth session): the scheduled invocation stayed awake between
+        # its passes, billed though it slept.
         + stream.get("flush_invocation_seconds", 0.0) * scale
     )
     # The ledger and the outbox, as their DynamoDB requests on that stream were billed (bench/memory_table.py
@@ -64,7 +70,8 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
         "http_api_billed_requests": requests * units_per_request,
         "lambda_requests": requests + sync_invocations,
         "lambda_gb_seconds": (ingest_seconds + sync_seconds) * LAMBDA_MEMORY_GB,
-        "sqs_requests": messages * 2 + messages / 10,  # send + receive (per 64 KiB) + batched deletes
+        # send + receive (per 64 KiB) + batched deletes; a flush tick is sent, received and deleted
+        "sqs_requests": messages * 2 + messages / 10 + stream.get("ticks_sent", 0) * scale * 3,
         "dynamodb_wru": capacity.get("wru", 0.0),
         "dynamodb_rru": capacity.get("rru", 0.0),
         "secrets_manager_calls": SECRET_READS_PER_MILLION,

@@ -3,10 +3,10 @@
 Streams of 1k to 10M changes over 1 to 2,000 audiences arrive as a burst (a backfill: Segment delivering as
 fast as it can) or steadily over 30 minutes. Every 5 simulated seconds the sync function applies what
 arrived (AudienceSync: the real fold, ledger and inbox code) and, when the flusher lease is free, makes a pass
-(Flusher: the real policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP). At every
-minute the scheduled invocation runs the real `run_flushes`, its sleeps moving the simulation on, until it
-leaves (nothing waits, a sync invocation flushed meanwhile, or FLUSH_SECONDS are over): how long it ran is billed.
-A Flusher lives as long as the invocation that built it. DynamoDB is the in-memory table
+(Flusher: the real policy, netting, budget and CriteoClient, against the Criteo emulator over HTTP), through the
+real `one_pass`, which arms a flush tick while anything waits. A tick is a message the event source holds like
+any other: it comes with the next sync batch, or alone in an invocation of its own (counted: Lambda and SQS bill
+it). Every minute the schedule's invocation makes a pass too. DynamoDB is the in-memory table
 (bench/memory_table.py), metered as DynamoDB bills; only the clock, AWS and Criteo are simulated.
 
 The minimum the calls are compared with (devtools.minimum.WindowMinimum) is computed from the stream alone:
@@ -28,16 +28,16 @@ import requests
 
 from audience_sync.advertisers import Advertisers
 from audience_sync.budget import CallBudget
-from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
-from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
+from audience_sync.flush import Flusher, FlushPolicy, FlushReport, KeptSummaries, one_pass
 from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
-from audience_sync.outbox import Outbox
+from audience_sync.outbox import Outbox, Waiting
 from audience_sync.records import AudienceChange, pack_changes, unpack_changes
 from audience_sync.sync import AudienceSync, DeadLetters, SyncOptions
+from audience_sync.ticks import tick_delay
 from bench.disk import DiskDict
 from bench.memory_table import InMemoryTable
 from bench.peer import peer_calls
@@ -55,7 +55,7 @@ STEP_SECONDS = 5.0  # the flusher's pass interval (FLUSH_POLL_SECONDS)
 # SyncBatchingWindowSeconds: the event source holds a batch that is not full this long (to the step: invoked in the
 # step it runs out in)
 SYNC_WINDOW_SECONDS = float(load_template()["Parameters"]["SyncBatchingWindowSeconds"]["Default"])
-FLUSH_SECONDS = float(SyncSettings.flush_seconds)  # a scheduled invocation (one a minute) flushes this long
+TICK_DELAY_SECONDS = tick_delay(int(STEP_SECONDS), int(SYNC_WINDOW_SECONDS))
 BURST_PER_SECOND = 10_000  # a backfill: Segment delivering events as fast as this
 STEADY_SECONDS = 1_800.0  # a steady stream spread over 30 minutes
 QUICK_STEADY_SECONDS = 600.0  # ... over 10 in quick mode (the test suite's run)
@@ -88,7 +88,9 @@ class Run:
     last_arrival: float = 0.0
     drained_at: float = 0.0
     invocations: int = 0
-    flush_invocation_seconds: float = 0.0  # how long the scheduled invocations ran (Lambda bills it)
+    tick_invocations: int = 0  # invocations brought by a flush tick alone (its sync batch empty)
+    ticks_sent: int = 0
+    scheduled_invocations: int = 0
     largest_audience_flush: int = 0
     identifiers_sent: int = 0
 
@@ -165,6 +167,8 @@ def simulate(
     serial = 0
     peer_input: list[AudienceChange] = []
     held: list[tuple[float, str]] = []  # (queued at, message body): what the event source holds
+    ticks: list[tuple[float, float]] = []  # (visible at, tick): flush ticks sent
+    kept = KeptSummaries()
 
     def observed(tick: Callable[[], FlushReport]) -> FlushReport:
         with table.unmetered():
@@ -179,10 +183,22 @@ def simulate(
             run.patches_at.append((clock.now, made))
         return report
 
-    def new_flusher() -> ObservedFlusher:
-        flusher = ObservedFlusher(advertisers, inbox, outbox, dead_letters, options, policy, lambda: 300.0, workers=1)
+    def new_flusher(summaries: list[Waiting] | None) -> ObservedFlusher:
+        flusher = ObservedFlusher(
+            advertisers, inbox, outbox, dead_letters, options, policy, lambda: 300.0, workers=1, summaries=summaries
+        )
         flusher.observe = observed
         return flusher
+
+    def flush_pass(carried: list[float]) -> None:
+        """An invocation's pass when the flusher lease is free; the tick it arms is sent."""
+        turn = ledger.acquire_flusher()
+        if turn is None:
+            return
+        _, tick = one_pass(ledger, turn, new_flusher, kept, carried, TICK_DELAY_SECONDS)
+        if tick is not None:
+            ticks.append((clock.now + TICK_DELAY_SECONDS, tick))
+            run.ticks_sent += 1
 
     def advance(_: float = STEP_SECONDS) -> None:
         """The next STEP_SECONDS: the Segment requests that arrived are held by the event source until they fill
@@ -207,39 +223,25 @@ def simulate(
             run.last_arrival = at
             pending = next(changes, None)
         held += [(first_at, body) for request in arrived if request for body in pack_changes(request)]
-        if not held:
+        visible = [(at, tick) for at, tick in ticks if at <= clock.now]
+        if not held and not visible:
             return
+        oldest = min([at for at, _ in held[:1]] + [at for at, _ in visible])
         batches = cut_batches([body for _, body in held], serial)
-        if len(batches) == 1 and held[0][0] + SYNC_WINDOW_SECONDS >= clock.now + STEP_SECONDS:
+        if len(batches) <= 1 and oldest + SYNC_WINDOW_SECONDS >= clock.now + STEP_SECONDS:
             return
         queued = {f"msg-{number}": at for number, (at, _) in enumerate(held, serial)}
         held = []
+        ticks[:] = [pair for pair in ticks if pair not in visible]
         for batch in batches:
             serial += len(batch)
             applied = sync.run(batch, queued=queued)
             run.invocations += 1
             if applied.failed:
                 raise RuntimeError(f"the sync handed back {len(applied.failed)} messages")
-        if ledger.acquire_flusher() is not None:  # (a scheduled invocation gives it back between its passes)
-            new_flusher().tick()
-            ledger.release_flusher()
-
-    def scheduled() -> None:
-        """The minute's scheduled invocation: the real run_flushes, its sleeps moving the simulation on."""
-        began = clock.now
-        turn = ledger.acquire_flusher()
-        assert turn is not None
-        run_flushes(
-            new_flusher(),
-            turn,
-            STEP_SECONDS,
-            lambda: clock.now - began + STEP_SECONDS < FLUSH_SECONDS,
-            ledger.acquire_flusher,
-            ledger.release_flusher,
-            advance,
-        )
-        ledger.release_flusher()
-        run.flush_invocation_seconds += clock.now - began
+        if not batches:  # the ticks came alone
+            run.tick_invocations += 1
+        flush_pass([tick for _, tick in visible])
 
     def drained() -> bool:
         with table.unmetered():  # (the simulation's own look: not billed)
@@ -247,7 +249,8 @@ def simulate(
 
     while pending is not None or not drained():
         if clock.now % 60 == 0:
-            scheduled()
+            run.scheduled_invocations += 1
+            flush_pass([])
         advance()
         if clock.now > run.last_arrival + 48 * 3600:
             raise RuntimeError("the outbox did not drain in 48 simulated hours")
@@ -270,7 +273,9 @@ def simulate(
         "audiences": spec.audiences,
         "arrival_seconds": round(duration, 1),
         "invocations": run.invocations,
-        "flush_invocation_seconds": run.flush_invocation_seconds,
+        "tick_invocations": run.tick_invocations,
+        "ticks_sent": run.ticks_sent,
+        "scheduled_invocations": run.scheduled_invocations,
         "calls": {**calls, "total": sum(calls.values())},
         "window_minimum": window_minimum,
         "windows": windows.windows,

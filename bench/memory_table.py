@@ -119,6 +119,10 @@ class InMemoryTable:
         """UpdateItem with SET (`a = :x`, `a = if_not_exists(a, :x)`), ADD (`a :n`) and REMOVE (`a`)."""
         names = params.get("ExpressionAttributeNames", {})
         values = params.get("ExpressionAttributeValues", {})
+        expressions = params["UpdateExpression"] + params.get("ConditionExpression", "")
+        unused = [name for name in names if name not in expressions]
+        if unused:  # DynamoDB refuses the call (a ValidationException; moto too)
+            raise ValueError(f"ExpressionAttributeNames unused in expressions: {unused}")
         with self._lock:
             item = self._find(params["Key"]) or {key: dict(value) for key, value in params["Key"].items()}
             changed: Item = {}
@@ -149,7 +153,8 @@ class InMemoryTable:
             self._store(item)
             size = item_bytes(item)
         self._bill("UpdateItem", wru=math.ceil(size / WRITE_UNIT_BYTES))
-        return {"Attributes": changed} if params.get("ReturnValues") == "UPDATED_NEW" else {}
+        returned = {"UPDATED_NEW": changed, "ALL_NEW": {key: dict(value) for key, value in item.items()}}
+        return {"Attributes": returned[params["ReturnValues"]]} if params.get("ReturnValues") in returned else {}
 
     def batch_get_item(self, **params: Any) -> dict[str, Any]:
         """BatchGetItem (strongly consistent): every key answered, 1 RRU per key under 4 KB."""

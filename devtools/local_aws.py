@@ -88,10 +88,11 @@ class LocalAws:
             "MAX_RECEIVE_COUNT": str(self.max_receive_count),
             "CRITEO_BASE_URL": criteo_url,
             # Locally every batch is flushed to Criteo as soon as it is applied (the template waits 60 s), a
-            # scheduled invocation makes one pass, failed audiences are retried at once, and the emulator's
-            # budget is generous (the template's is 200 calls a minute; tests/test_flush.py covers it).
+            # flush tick brings the next pass after 1 s (the template's every 5 s), failed audiences are retried
+            # at once, and the emulator's budget is generous (the template's is 200 calls a minute;
+            # tests/test_flush.py covers it).
             "FLUSH_INTERVAL_SECONDS": "0",
-            "FLUSH_SECONDS": "0",
+            "FLUSH_POLL_SECONDS": "1",
             "FLUSH_RETRY_SECONDS": "0",
             "CRITEO_CALLS_PER_MINUTE": "60000",
             "AUDIENCE_CONFIG_PARAMETER": self.audience_settings_parameter,

@@ -77,18 +77,18 @@ class Stack:
 
     def queued_bodies(self, queue_url: str | None = None) -> list[dict[str, Any]]:
         """Receive (and delete) every message of a queue; returns the decoded bodies with attributes."""
-        sqs = self.aws.client("sqs")
-        url = queue_url or self.aws.queue_url
-        found = []
-        while True:
-            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
-                "Messages", []
-            )
-            if not messages:
-                return found
+        return [{**m, "body": json.loads(m["body"])} for m in self.queued_bodies_raw(queue_url)]
+
+    def queued_bodies_raw(self, queue_url: str | None = None) -> list[dict[str, Any]]:
+        """Receive (and delete) every message of a queue; bodies as sent, with attributes."""
+        sqs, url, found = self.aws.client("sqs"), queue_url or self.aws.queue_url, []
+        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+            "Messages", []
+        ):
             for message in messages:
-                found.append({"body": json.loads(message["Body"]), "attributes": message.get("MessageAttributes", {})})
+                found.append({"body": message["Body"], "attributes": message.get("MessageAttributes", {})})
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return found
 
     def members(self, audience: str, id_type: str = "email") -> set[str]:
         """The identifiers of one type in the Criteo segment of a Segment audience (empty when there is none)."""

@@ -263,17 +263,16 @@ def test_an_advertiser_without_a_readable_secret_holds_only_its_own_audiences(
     }
 
 
-def test_a_scheduled_flush_stops_when_only_audiences_without_credentials_wait(stack: Stack) -> None:
-    # Their credentials are read once per invocation: looking again every few seconds until the minute ends
-    # would only bill Lambda time (and did: ~50 s a minute for as long as the secret was missing).
+def test_a_flush_arms_no_tick_when_only_audiences_without_credentials_wait(stack: Stack) -> None:
+    # Their credentials are read again by the minute schedule's invocation: a pass every few seconds would only
+    # bill Lambda time (and did: ~50 s a minute for as long as the secret was missing).
     configure(stack, {"advertisers": {"brand_eu": {}}, "audiences": {"eu": {"advertiser": "brand_eu"}}})
     assert answer(stack.invoke_ingest(signed(enter("m1", "eu", "u1", email="a@example.com"))))[0] == 200
     assert stack.poller().poll_once() == 1
-    env = stack.aws.function_env(stack.criteo.url, FLUSH_SECONDS="30", FLUSH_POLL_SECONDS="1")
-    scheduled = load_function("sync", env).handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=60))
+    scheduled = stack.sync.handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=60))
     assert scheduled["outbox_audiences"] == 1
     assert scheduled["outbox_without_credentials"] == 1
-    assert scheduled["flush_passes"] == 1
+    assert scheduled["flush_ticks_sent"] == 0
 
 
 def test_an_audience_moved_to_another_advertiser_gets_its_segment_there(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from audience_sync.records import AudienceChange, pack_changes
+from audience_sync.ticks import TICK_BODY
 from devtools.aws_outage import AwsOutageProxy
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import MotoServer
@@ -45,7 +46,9 @@ def test_a_long_criteo_outage_keeps_every_change_in_the_outbox_until_criteo_is_b
     poller.poll_once()
     for _ in range(3):  # the minute schedule, while Criteo stays down
         assert poller.scheduled() == 2
-    assert stack.queue_length(stack.aws.queue_url) == 0  # nothing bounces through SQS
+    time.sleep(1.2)  # the flush tick's delay
+    # Nothing bounces through SQS: the queue holds one flush tick (at most one is pending), no change.
+    assert [m["body"] for m in stack.queued_bodies_raw()] == [TICK_BODY]
     assert stack.queue_length(stack.aws.dead_letter_queue_url) == 0  # nor ends parked
     assert criteo.segments() == {}
     reasons = [getattr(r, "reason", "") for r in caplog.records if r.getMessage().startswith("Criteo call failed")]

@@ -1,11 +1,11 @@
-"""Sync Lambda: SQS batches of audience changes → ledger and outbox (partial batch failures), then a flush of
-what is ready; the schedule's invocations (every minute) only flush, for as long as anything waits."""
+"""Sync Lambda: SQS batches of audience changes → ledger and outbox (partial batch failures), then a flush pass
+over what is ready; the schedule's invocations (every minute) and the flush ticks in the queue only flush."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import boto3
@@ -21,16 +21,17 @@ from audience_sync.config import SyncSettings
 from audience_sync.criteo.auth import CriteoCredentials
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.errors import DependencyUnavailable
-from audience_sync.flush import Flusher, FlushPolicy, FlushReport, run_flushes
+from audience_sync.flush import Flusher, FlushPolicy, KeptSummaries, one_pass
 from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.match_statistics import measure
 from audience_sync.moves import Moves, carry_over, moved_by_settings
 from audience_sync.observability import client_config, logger, metrics
-from audience_sync.outbox import Outbox
+from audience_sync.outbox import Outbox, Waiting
 from audience_sync.queue import QueueWriter
 from audience_sync.sync import QUEUED_ATTRIBUTE, SAFETY_SECONDS, AudienceSync, DeadLetters, SyncOptions, park_exhausted
 from audience_sync.table import PARALLEL_CALLS
+from audience_sync.ticks import TICK_BODY, tick_attributes, tick_of
 
 settings = SyncSettings.from_env()
 MOVE_SECONDS = 15.0  # a scheduled invocation spends up to this carrying moved audiences' members over
@@ -45,6 +46,7 @@ ledger = Ledger(dynamodb, settings.ledger_table, settings.lock_seconds)
 inbox = Inbox(dynamodb, settings.ledger_table, settings.lock_seconds)
 outbox = Outbox(dynamodb, settings.ledger_table)
 moves = Moves(dynamodb, settings.ledger_table)
+kept_summaries = KeptSummaries()
 checked_moves: AudienceConfig | None = None  # the settings last compared with where the audiences' segments are
 options = SyncOptions(
     name_prefix=settings.audience_name_prefix,
@@ -88,24 +90,25 @@ def load_credentials(advertiser: str) -> CriteoCredentials | None:
         return None
 
 
-def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: bool = False) -> dict[str, int]:
-    """Flush what is ready, under the flusher lease (skipped when another invocation holds it); with
-    `keep_flushing_seconds`, keep looking while anything waits; with `carry_moves`, first carry the members of
-    audiences moved to another advertiser over, for up to MOVE_SECONDS. Returns the counts for metrics."""
+def flush(context: LambdaContext, carry_moves: bool = False, carried: Collection[float] = ()) -> dict[str, int]:
+    """One flush pass under the flusher lease (skipped when another invocation holds it), then, while anything
+    waits, a tick that brings the next pass (ticks.py; `carried`: the tick that brought this one); with
+    `carry_moves`, first carry the members of audiences moved to another advertiser over, for up to
+    MOVE_SECONDS. Returns the counts for metrics."""
 
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
 
-    stop_at = time.monotonic() + keep_flushing_seconds
-    # A scheduled invocation waits for the last pass of the one before it (a sync invocation's pass is skipped).
-    wait = settings.flush_poll_seconds if keep_flushing_seconds else 0.0
-    turn = ledger.acquire_flusher(wait) if seconds_left() >= SAFETY_SECONDS else None
+    turn = ledger.acquire_flusher() if seconds_left() >= SAFETY_SECONDS else None
     if turn is None:
         return {}
     advertisers = advertisers_for(seconds_left)
-    try:
-        carried = carry(seconds_left) if carry_moves else {}
-        flusher = Flusher(
+    carried_over: dict[str, int] = {}
+
+    def flusher(summaries: list[Waiting] | None) -> Flusher:
+        if carry_moves:
+            carried_over.update(carry(seconds_left))
+        return Flusher(
             advertisers,
             inbox,
             outbox,
@@ -115,28 +118,32 @@ def flush(context: LambdaContext, keep_flushing_seconds: float, carry_moves: boo
             seconds_left,
             config=audience_config.current,
             moves=moves,
+            summaries=summaries,
         )
-        report: FlushReport = run_flushes(
-            flusher,
-            turn,
-            settings.flush_poll_seconds,
-            lambda: (
-                time.monotonic() + settings.flush_poll_seconds < stop_at
-                and seconds_left() > settings.flush_poll_seconds + 2 * SAFETY_SECONDS
-            ),
-            ledger.acquire_flusher,
-            ledger.release_flusher,
-        )
-    finally:
-        ledger.release_flusher()
+
+    tick_delay = settings.tick_delay if requeue is not None else None
+    report, tick = one_pass(ledger, turn, flusher, kept_summaries, carried, tick_delay)
     return {
-        **carried,
+        **carried_over,
         **report.counts,
         **report.gauges,
+        "flush_ticks_sent": send_tick(tick) if tick is not None else 0,
         "criteo_credentials_errors": report.counts["criteo_credentials_errors"] + len(advertisers.unreadable()),
         **advertisers.call_counts(),
         "audience_config_refused": int(audience_config.failing),
     }
+
+
+def send_tick(tick: float) -> int:
+    """The message that brings the next pass; 0 when it could not be sent (the tick stops counting once it is
+    overdue, and the next pass arms another)."""
+    assert requeue is not None
+    try:
+        requeue.send([TICK_BODY], tick_attributes(tick), settings.tick_delay)
+    except DependencyUnavailable as error:
+        logger.warning("flush tick not sent", extra=dict(reason=str(error)))
+        return 0
+    return 1
 
 
 def carry(seconds_left: Callable[[], float]) -> dict[str, int]:
@@ -190,8 +197,9 @@ def match_statistics(context: LambdaContext) -> dict[str, int]:
 
 
 def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any], dict[str, int]]:
-    """Apply one SQS batch to the ledger and the outbox; only the messages not finished come back."""
-    records = event["Records"]
+    """Apply one SQS batch to the ledger and the outbox; only the messages not finished come back (a flush tick
+    in the batch is done by the pass that follows)."""
+    records = [record for record in event["Records"] if tick_of(record) is None]
     messages = [(record["messageId"], record["body"]) for record in records]
     attributes = {r["messageId"]: r.get("attributes", {}) for r in records}
     receive_counts = {m: int(a.get("ApproximateReceiveCount", 0)) for m, a in attributes.items()}
@@ -225,18 +233,20 @@ def first_queued(records: list[dict[str, Any]]) -> dict[str, float]:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """An SQS batch: apply it, then one flush pass. The schedule (or anything else): flush for a while, and
-    answer with what still waits (`outbox_audiences`; absent when another invocation held the flusher lease)."""
+    """An SQS batch: apply it, then one flush pass. The schedule (or anything else): one flush pass, and answer
+    with what still waits (`outbox_audiences`; absent when another invocation held the flusher lease). Either
+    arms a flush tick while anything waits: the next pass comes a few seconds later (ticks.py)."""
     if "Records" in event:
         answer, counts = apply(event, context)
-        counts.update(flush(context, keep_flushing_seconds=0))
+        carried = [tick for record in event["Records"] if (tick := tick_of(record)) is not None]
+        counts.update({**flush(context, carried=carried), "flush_ticks_in": len(carried)})
         done = "batch synced"
     elif event.get("match_statistics"):
         counts = match_statistics(context)
         answer = {key: counts[key] for key in ("segments_measured", "match_rate_percent")}
         done = "match statistics read"
     else:
-        counts = flush(context, keep_flushing_seconds=settings.flush_seconds, carry_moves=True)
+        counts = flush(context, carry_moves=True)
         answer = {
             key: counts[key]
             for key in (
@@ -244,6 +254,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                 "inbox_groups",
                 "outbox_without_credentials",
                 "flush_passes",
+                "flush_ticks_sent",
                 "moves_pending",
             )
             if key in counts

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from audience_sync.identifiers import IDENTIFIER_TYPES
+from audience_sync.ticks import tick_delay
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -138,14 +139,19 @@ class SyncSettings:
     flush_interval_seconds: int = 60  # L: how long changes wait for others to share their Criteo calls
     flush_quiet_seconds: int = 15  # an audience without a change for this long has finished its burst
     criteo_calls_per_minute: int = 200  # the budget every invocation shares (Criteo limits per app)
-    # A scheduled invocation (one a minute) keeps flushing this long: passes at 0, 5, ... 55 s, so that with the next
-    # minute's a backlog is sent every 5 s (ending at 45 s left 15 s a minute unspent: drains took 1.2x longer).
-    flush_seconds: int = 58
-    flush_poll_seconds: int = 5  # meanwhile it looks at the outbox this often
+    # While anything waits, a flush pass comes this often (brought by a flush tick: ticks.py); the budget's bucket
+    # holds a tenth of a minute's calls (6 s), so a pass every 5 s spends all of it.
+    flush_poll_seconds: int = 5
+    sync_batching_window_seconds: int = 0  # the event source mapping's: it holds a tick that long too
     flush_retry_seconds: int = 5  # an audience whose call failed waits this, doubled per failure (≤ 300 s)
     audience_config_parameter: str = ""  # the SSM parameter holding the settings per audience (audience_config.py)
     audience_config_max_age_seconds: int = 60  # a change to it is used within this long
     advertiser_secret_prefix: str = ""  # an advertiser named in the settings has its secret at prefix + name
+
+    @property
+    def tick_delay(self) -> int:
+        """The DelaySeconds of a flush tick."""
+        return tick_delay(self.flush_poll_seconds, self.sync_batching_window_seconds)
 
     VARIABLES = (
         "CRITEO_SECRET_ARN",
@@ -165,8 +171,8 @@ class SyncSettings:
         "FLUSH_INTERVAL_SECONDS",
         "FLUSH_QUIET_SECONDS",
         "CRITEO_CALLS_PER_MINUTE",
-        "FLUSH_SECONDS",
         "FLUSH_POLL_SECONDS",
+        "SYNC_BATCHING_WINDOW_SECONDS",
         "FLUSH_RETRY_SECONDS",
         "AUDIENCE_CONFIG_PARAMETER",
         "AUDIENCE_CONFIG_MAX_AGE_SECONDS",
@@ -196,8 +202,8 @@ class SyncSettings:
             flush_interval_seconds=env.number("FLUSH_INTERVAL_SECONDS", cls.flush_interval_seconds),
             flush_quiet_seconds=env.number("FLUSH_QUIET_SECONDS", cls.flush_quiet_seconds),
             criteo_calls_per_minute=env.number("CRITEO_CALLS_PER_MINUTE", cls.criteo_calls_per_minute, minimum=1),
-            flush_seconds=env.number("FLUSH_SECONDS", cls.flush_seconds),
             flush_poll_seconds=env.number("FLUSH_POLL_SECONDS", cls.flush_poll_seconds, minimum=1),
+            sync_batching_window_seconds=env.number("SYNC_BATCHING_WINDOW_SECONDS", cls.sync_batching_window_seconds),
             flush_retry_seconds=env.number("FLUSH_RETRY_SECONDS", cls.flush_retry_seconds),
             audience_config_parameter=env.text("AUDIENCE_CONFIG_PARAMETER", cls.audience_config_parameter),
             audience_config_max_age_seconds=env.number(

@@ -11,9 +11,8 @@ full groups first, then to the oldest (docs/design.md, "Fewest calls").
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,12 +31,14 @@ from audience_sync.criteo.errors import (
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.identifiers import GUM
 from audience_sync.inbox import GroupWaiting, Inbox
+from audience_sync.ledger import Ledger
 from audience_sync.moves import MOVED, Moves
 from audience_sync.observability import logger
 from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, Outbox, Outcome, Waiting, forgotten, stored_counts
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
 from audience_sync.records import ADD, Parked, pack_parked
 from audience_sync.sync import SAFETY_SECONDS, DeadLetters, SyncOptions
+from audience_sync.ticks import KEEP, next_tick
 
 ALL = "all"
 FULL_ONLY = "full"
@@ -103,8 +104,7 @@ class Flusher:
     runs at a time (the caller holds the flusher lease for as long as this object lives).
 
     The outboxes' only writer, it reads their summaries once (and again after gathering) and keeps them in step
-    with what it writes, instead of reading them at every pass: under a backlog a scheduled invocation passes
-    ten times a minute, and on 100k changes over 2,000 audiences those reads were ~2.5% of the bill."""
+    with what it writes; `summaries`: as the pass before left them (see KeptSummaries)."""
 
     def __init__(
         self,
@@ -119,6 +119,7 @@ class Flusher:
         config: Callable[[], AudienceConfig] = AudienceConfig,
         moves: Moves | None = None,
         held_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH,
+        summaries: list[Waiting] | None = None,
     ) -> None:
         self.advertisers = advertisers
         self.moves = moves  # where an audience moved to another advertiser starts carrying its members over
@@ -134,7 +135,7 @@ class Flusher:
         self.workers = workers
         self.allowance = Allowance(held_identifiers)  # what all workers read at once: one audience's limit
         self._stop = threading.Event()  # the outbox is unavailable: no new flush this tick
-        self._summaries: list[Waiting] | None = None  # the outbox's summaries, kept in step (None: read them)
+        self._summaries = summaries  # the outbox's summaries, kept in step (None: read them)
 
     def tick(self) -> FlushReport:
         """One pass: the inbox groups that are due gathered, then every ready audience, fullest and oldest first,
@@ -187,9 +188,10 @@ class Flusher:
         report.gauges["outbox_without_credentials"] = sum(self._settings(w).advertiser in unreadable for w in waiting)
         return report
 
-    def forget(self) -> None:
-        """Drop the summaries kept: another invocation flushed since they were read."""
-        self._summaries = None
+    @property
+    def summaries(self) -> list[Waiting] | None:
+        """The outbox's summaries as this flusher left them (None: not read)."""
+        return self._summaries
 
     def _outbox(self) -> tuple[list[Waiting], list[Waiting], dict[str, float]]:
         """Every audience waiting in the outbox, those not paused (a paused audience's changes wait), and per
@@ -449,42 +451,50 @@ def waits_for_this_invocation(report: FlushReport) -> bool:
     return sendable or bool(report.gauges["inbox_groups"])
 
 
-def hands_over(report: FlushReport) -> bool:
-    """After another invocation flushed between two of this one's passes (the flusher lease was taken
-    meanwhile): whether to leave the flushing to the sync invocations. While changes flow, each sync batch ends
-    with a pass of its own, so a scheduled invocation sleeping between passes is only billed Lambda time (~55 s a
-    minute for as long as anything waits). Unless the budget stopped its last pass: a backlog is drained by
-    whoever is awake, and a sync invocation comes too seldom to spend a budget that refills every few seconds."""
-    return not report.counts["budget_waits"]
+class KeptSummaries:
+    """The outbox's summaries as the last pass in this container left them, for the next pass instead of reading
+    them again: under a backlog a pass comes every few seconds, and on 100k changes over 2,000 audiences reading
+    them at every pass was ~2.5% of the bill. Kept only while no other invocation flushed in between (the
+    flusher lease's number is the next one) and for at most MAX_AGE_SECONDS (what is written outside the
+    flusher, a redrive's parked changes, is seen within that)."""
+
+    MAX_AGE_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._kept: tuple[int, float, list[Waiting]] | None = None
+
+    def take(self, turn: int, now: float) -> tuple[list[Waiting] | None, float]:
+        """The summaries for the pass holding lease number `turn` (None: read them), and since when they are kept."""
+        kept, self._kept = self._kept, None
+        if kept is None or kept[0] != turn - 1 or now - kept[1] > self.MAX_AGE_SECONDS:
+            return None, now
+        return kept[2], kept[1]
+
+    def keep(self, turn: int, since: float, summaries: list[Waiting] | None) -> None:
+        """What the pass holding lease number `turn` left."""
+        self._kept = None if summaries is None else (turn, since, summaries)
 
 
-def run_flushes(
-    flusher: Flusher,
+def one_pass(
+    ledger: Ledger,
     turn: int,
-    poll_seconds: float,
-    keep_going: Callable[[], bool],
-    take_turn: Callable[[], int | None],
-    give_turn: Callable[[], None],
-    sleep: Callable[[float], None] = time.sleep,
-) -> FlushReport:
-    """Passes every `poll_seconds` while anything waits that this invocation can send and `keep_going()`; the
-    reports added up. `turn`: the number of the flusher lease this invocation holds. Between passes the lease is
-    given back (`give_turn`), so that a sync invocation ending meanwhile makes its own pass, and taken again
-    (`take_turn`, its new number or None when held): if another invocation flushed meanwhile, this one stops
-    (see `hands_over`) or, going on, reads the outbox again."""
-    total = FlushReport()
-    while True:
-        report = flusher.tick()
-        total.add(report)
-        if not waits_for_this_invocation(total) or not keep_going():
-            return total
-        give_turn()
-        sleep(poll_seconds)
-        taken = take_turn()
-        if taken is None:
-            return total
-        if taken != turn + 1:  # another invocation flushed meanwhile
-            if hands_over(report):
-                return total
-            flusher.forget()
-        turn = taken
+    flusher: Callable[[list[Waiting] | None], Flusher],
+    kept: KeptSummaries,
+    carried: Collection[float] = (),
+    tick_delay: int | None = None,
+) -> tuple[FlushReport, float | None]:
+    """One pass by the holder of flusher lease number `turn` (`flusher`: built from the summaries kept), which
+    then gives the lease back, arming the next flush tick while anything waits (ticks.py; `carried`: the ticks
+    that brought this pass; `tick_delay` None: no ticks). Returns the report and the tick armed (None: none)."""
+    tick = KEEP
+    try:
+        summaries, since = kept.take(turn, ledger.clock())
+        current = flusher(summaries)
+        report = current.tick()
+        kept.keep(turn, since, current.summaries)
+        if tick_delay is not None:
+            waiting = waits_for_this_invocation(report)
+            tick = next_tick(waiting, ledger.flusher_tick, carried, ledger.clock(), tick_delay)
+    finally:
+        armed = ledger.release_flusher(tick)
+    return report, tick.arm if armed else None

@@ -4,14 +4,13 @@ audience's outbox is flushed), per user their consent, and the flusher lease.
 Items (`pk`, `sk`): (user, `a#<audience>`) a Membership (newest enter `e` and exit `x` versions, the held
 identifiers `ids`, `live`, a suppression's hold `h`); (user, `c#`) the newest consent (`v`, `ok`); (user, `s#`)
 the newest suppression from every audience (`t`, `m`, `h`); (`flusher`, `lock`) the lease of the
-one flush running. An audience's lease is its outbox item (outbox.py). Users are
+one flush running, with the flush tick pending (ticks.py). An audience's lease is its outbox item (outbox.py). Users are
 hashes (see segment.user_key), so no user id is stored in clear; keying by user answers "which audiences is
 this user in" with one Query. See docs/design.md for the model and its cost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -23,6 +22,7 @@ from audience_sync.errors import DependencyUnavailable
 from audience_sync.membership import Membership
 from audience_sync.records import REMOVE, AudienceChange
 from audience_sync.table import LEASE_KEPT_SECONDS, Table
+from audience_sync.ticks import KEEP, Tick
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -88,6 +88,7 @@ class Ledger(Table):
     ) -> None:
         super().__init__(dynamodb, table, clock)
         self.lock_seconds = lock_seconds
+        self.flusher_tick: float | None = None  # the tick pending when the flusher lease was last taken
 
     def acquire_flusher(self, wait_seconds: float = 0.0) -> int | None:
         """Take (or, taken, extend) the one flusher lease, waiting up to `wait_seconds` for another holder to give
@@ -95,19 +96,34 @@ class Ledger(Table):
         timeout: two flushers of one audience could delete each other's entries, so one that crashed holds the
         flush back until it expires. Returns the lease's number (one more at every taking: a jump says another
         invocation flushed meanwhile), or None when another invocation holds it."""
-        return self._lease((FLUSHER_LEASE, "lock"), self.lock_seconds, wait_seconds, LEASE_KEPT_SECONDS)
+        taken = self._lease_item((FLUSHER_LEASE, "lock"), self.lock_seconds, wait_seconds, LEASE_KEPT_SECONDS)
+        if taken is None:
+            return None
+        self.flusher_tick = float(taken["tick"]["N"]) if "tick" in taken else None
+        return int(taken.get("seq", {}).get("N", "0"))
 
-    def release_flusher(self) -> None:
-        """Give the flusher lease back (only if still ours; an expired lease needs no release)."""
-        with contextlib.suppress(ClientError, BotoCoreError):  # the lease expires on its own anyway
+    def release_flusher(self, tick: Tick = KEEP) -> bool:
+        """Give the flusher lease back (only if still ours; an expired lease needs no release), arming or clearing
+        the pending tick in the same write; False when it was not written."""
+        expression = "SET expires = :zero"
+        values = {":me": {"S": self.owner}, ":zero": {"N": "0"}}
+        if tick.arm is not None:
+            expression += ", tick = :tick"
+            values[":tick"] = {"N": f"{tick.arm:.3f}"}
+        elif tick.clear:
+            expression += " REMOVE tick"
+        try:
             self.dynamodb.update_item(
                 TableName=self.table,
                 Key={"pk": {"S": FLUSHER_LEASE}, "sk": {"S": "lock"}},
-                UpdateExpression="SET expires = :zero",
+                UpdateExpression=expression,
                 ConditionExpression="#o = :me",
                 ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":me": {"S": self.owner}, ":zero": {"N": "0"}},
+                ExpressionAttributeValues=values,
             )
+        except (ClientError, BotoCoreError):  # the lease expires on its own anyway
+            return False
+        return True
 
     def memberships(self, audience_key: str, users: Iterable[str]) -> dict[str, Membership]:
         """Each user's membership of the audience (strongly consistent); absent users get an empty one."""

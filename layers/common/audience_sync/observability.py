@@ -89,6 +89,8 @@ SYNC_METRICS = frozenset(
         "outbox_paused_audiences",
         "outbox_without_credentials",
         "flush_passes",
+        "flush_ticks_sent",
+        "flush_ticks_in",
         "changes_requeued",
         "moves_pending",
         "moves_finished",

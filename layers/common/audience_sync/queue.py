@@ -41,8 +41,9 @@ class QueueWriter:
         self.sqs = sqs
         self.queue_url = queue_url
 
-    def send(self, bodies: list[str], attributes: dict[str, Any] | None = None) -> int:
-        """Send all bodies; returns the number of SendMessageBatch calls made."""
+    def send(self, bodies: list[str], attributes: dict[str, Any] | None = None, delay_seconds: int = 0) -> int:
+        """Send all bodies (each delivered `delay_seconds` later); returns the number of SendMessageBatch calls
+        made."""
         calls = 0
         for batch in batches_of(bodies):
             pending = {str(i): body for i, body in enumerate(batch)}
@@ -50,7 +51,12 @@ class QueueWriter:
                 if attempt:
                     time.sleep(RETRY_BASE_SECONDS * 2**attempt)
                 entries: list[Any] = [
-                    {"Id": key, "MessageBody": body, **({"MessageAttributes": attributes} if attributes else {})}
+                    {
+                        "Id": key,
+                        "MessageBody": body,
+                        **({"MessageAttributes": attributes} if attributes else {}),
+                        **({"DelaySeconds": delay_seconds} if delay_seconds else {}),
+                    }
                     for key, body in pending.items()
                 ]
                 calls += 1

@@ -104,6 +104,13 @@ class Table:
         """Take the lease on an item (or renew ours) for `seconds`, waiting up to `wait_seconds` for another
         holder; returns its sequence number (one more at every taking), or None. The item expires `kept_seconds`
         after, or (None) not while it is held."""
+        taken = self._lease_item(key, seconds, wait_seconds, kept_seconds)
+        return None if taken is None else int(taken.get("seq", {}).get("N", "0"))
+
+    def _lease_item(
+        self, key: tuple[str, str], seconds: int, wait_seconds: float, kept_seconds: int | None
+    ) -> Item | None:
+        """`_lease`, returning the whole item as taken (None when another holds it)."""
         give_up = self.clock() + wait_seconds
         while True:
             now = self.clock()
@@ -125,11 +132,11 @@ class Table:
                 ConditionExpression="attribute_not_exists(pk) OR #o = :me OR expires < :now",
                 ExpressionAttributeNames={"#o": "owner", "#t": "ttl"},
                 ExpressionAttributeValues=values,
-                ReturnValues="UPDATED_NEW",
+                ReturnValues="ALL_NEW",
             )
             taken = self._conditional("UpdateItem", take)
             if taken is not None:
-                return int(taken.get("Attributes", {}).get("seq", {}).get("N", "0"))
+                return dict(taken.get("Attributes", {}))
             if self.clock() + LOCK_POLL_SECONDS > give_up:
                 return None
             time.sleep(LOCK_POLL_SECONDS)
