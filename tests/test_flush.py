@@ -178,6 +178,18 @@ def test_budget_is_shared_by_every_invocation(aws_stack: Stack) -> None:
     assert first.take()
 
 
+def test_budget_take_all_takes_every_whole_token_and_give_back_returns_them(aws_stack: Stack) -> None:
+    clock = Clock()
+    budget = CallBudget(aws_stack.aws.client("dynamodb"), aws_stack.aws.ledger_table, 60, clock, burst=5)
+    assert budget.take_all() == 5
+    assert budget.take_all() == 0 and not budget.take()
+    clock.advance(1.5)
+    assert budget.take_all() == 1  # 1.5 tokens: the half stays
+    budget.give_back(3)
+    clock.advance(0.5)
+    assert budget.take_all() == 4
+
+
 # --- 2. the flush policy (pure) ---------------------------------------------------------------------------------
 
 
@@ -532,6 +544,38 @@ def test_flush_makes_no_more_patches_than_the_budget_holds(aws_stack: Stack) -> 
     assert outbox.waiting() == []
     for n, audience in enumerate(audiences):
         assert aws_stack.members(audience) == emails(10 * n, 10 * n + 3)
+
+
+def test_a_pass_reads_and_writes_the_budget_once_for_all_its_audiences_and_gives_back_the_rest(
+    aws_stack: Stack,
+) -> None:
+    # Each audience took its calls with a read and a write of the bucket's item: under a backlog ~17 a pass.
+    clock = Clock(step=1e-6)
+    outbox = new_outbox(aws_stack, clock)
+    audiences = [f"aud{n}" for n in range(6)]
+    tokens = TokenCache()
+    for n, audience in enumerate(audiences):  # the segments exist already: every call below is a PATCH
+        outbox.append(audience, removes({email(900 + n)}), audience, queued=clock())
+    new_flusher(aws_stack, FlushPolicy(interval_seconds=0, calls_per_minute=6000), clock, tokens, workers=1).tick()
+    for n, audience in enumerate(audiences):
+        outbox.append(audience, adds(emails(10 * n, 10 * n + 3)), audience, queued=clock())
+    budget_calls: list[str] = []
+    policy = FlushPolicy(interval_seconds=0, calls_per_minute=600)  # a bucket of 30 (burst: a twentieth)
+    flusher = new_flusher(aws_stack, policy, clock, tokens, workers=1)
+    dynamodb = flusher.advertisers.budget("", 0).dynamodb  # the client the budget (and the table) calls through
+
+    def on_budget_call(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if params.get("Key", {}).get("pk", {}).get("S") == "budget" or "budget" in str(params.get("RequestItems")):
+            budget_calls.append(model.name)
+
+    dynamodb.meta.events.register("provide-client-params.dynamodb", on_budget_call)
+    try:
+        assert flusher.tick().counts["patches"] == 6
+    finally:
+        dynamodb.meta.events.unregister("provide-client-params.dynamodb", on_budget_call)
+    # One read and one write to take all 30, one read and one write to give 24 back.
+    assert sorted(budget_calls) == ["BatchGetItem", "BatchGetItem", "UpdateItem", "UpdateItem"]
+    assert CallBudget(dynamodb, aws_stack.aws.ledger_table, 600, clock, 30).take_all() == 24
 
 
 def test_flush_charges_segment_searches_and_creates_to_the_budget(aws_stack: Stack) -> None:

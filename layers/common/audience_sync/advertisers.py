@@ -3,6 +3,7 @@ one call budget, shared by every advertiser the app serves (Criteo limits calls 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable
@@ -12,14 +13,46 @@ from audience_sync.audience_config import DEFAULT_ADVERTISER
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SegmentDirectory
+from audience_sync.errors import DependencyUnavailable
 
 
 @dataclass
 class App:
-    """One Criteo app in this invocation: its budget, and whether it may still be called now."""
+    """One Criteo app in this invocation: its budget, and whether it may still be called now.
+
+    A flush pass takes what the bucket has once (`take`), hands it out to its audiences, and gives back what it
+    did not use (`give_back`): the bucket's item read and written per pass, not per audience (under a backlog a
+    pass sends ~17 audiences)."""
 
     budget: CallBudget
     stop: threading.Event = field(default_factory=threading.Event)  # out of budget, or credentials refused
+    held: int = 0  # tokens taken from the bucket and not used yet
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, calls: int) -> bool:
+        """Take `calls` tokens from those held, taking all the bucket has when they are too few."""
+        with self.lock:
+            if self.held < calls:
+                self.held += self.budget.take_all()
+            if self.held < calls:
+                return False
+            self.held -= calls
+            return True
+
+    def charge(self, calls: int) -> None:
+        """Count calls already made (segment searches and creates): paid from the tokens held first, the rest
+        owed to the bucket."""
+        with self.lock:
+            paid = min(self.held, max(0, calls))
+            self.held -= paid
+        self.budget.charge(calls - paid)
+
+    def give_back(self) -> None:
+        """Return the tokens held to the bucket."""
+        with self.lock:
+            held, self.held = self.held, 0
+            with contextlib.suppress(DependencyUnavailable):  # lost: the bucket refills within seconds
+                self.budget.give_back(held)
 
 
 @dataclass

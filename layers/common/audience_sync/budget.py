@@ -55,10 +55,26 @@ class CallBudget(Table):
             sleep(max(wait, MIN_SLEEP_SECONDS))
         return True
 
+    def take_all(self) -> int:
+        """Take every whole token the bucket has; how many (0: it had none, and nothing was written)."""
+        for _ in range(RACE_ATTEMPTS):
+            tokens, at = self._read()
+            whole = int(tokens)
+            if whole < 1:
+                return 0
+            if self._set(tokens - whole, at):
+                return whole
+        return 0
+
     def charge(self, calls: int) -> None:
         """Count calls already made (segment searches and creates: their number is known afterwards)."""
         if calls > 0:
             self._change(-calls, require=False)
+
+    def give_back(self, tokens: int) -> None:
+        """Return tokens taken and not used."""
+        if tokens > 0:
+            self._change(tokens, require=False)
 
     def seconds_until(self, calls: int = 1) -> float:
         """How long until `calls` tokens are there (0 when they are)."""
@@ -80,19 +96,23 @@ class CallBudget(Table):
             tokens, at = self._read()
             if require and tokens + delta < 0:
                 return False
-            condition = "attribute_not_exists(pk)" if at is None else "#at = :at"
-            values = {":t": {"N": f"{tokens + delta:.6f}"}, ":now": {"N": f"{self.clock():.6f}"}}
-            if at is not None:
-                values[":at"] = {"N": at}
-            write = partial(
-                self.dynamodb.update_item,
-                TableName=self.table,
-                Key={"pk": {"S": "budget"}, "sk": {"S": self.app}},
-                UpdateExpression="SET tokens = :t, #at = :now",
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#at": "at"},
-                ExpressionAttributeValues=values,
-            )
-            if self._conditional("UpdateItem", write) is not None:
+            if self._set(tokens + delta, at):
                 return True
         return False  # other invocations kept winning the race: treated as no tokens
+
+    def _set(self, tokens: float, at: str | None) -> bool:
+        """Set the bucket to `tokens` now, if no one wrote it since it was read at `at` (None: it did not exist)."""
+        condition = "attribute_not_exists(pk)" if at is None else "#at = :at"
+        values = {":t": {"N": f"{tokens:.6f}"}, ":now": {"N": f"{self.clock():.6f}"}}
+        if at is not None:
+            values[":at"] = {"N": at}
+        write = partial(
+            self.dynamodb.update_item,
+            TableName=self.table,
+            Key={"pk": {"S": "budget"}, "sk": {"S": self.app}},
+            UpdateExpression="SET tokens = :t, #at = :now",
+            ConditionExpression=condition,
+            ExpressionAttributeNames={"#at": "at"},
+            ExpressionAttributeValues=values,
+        )
+        return self._conditional("UpdateItem", write) is not None

@@ -174,11 +174,15 @@ class Flusher:
             ),
             "outbox_backlog_seconds": int(max(backlogs.values(), default=0)),
         }
-        if self.workers == 1:
-            reports = [self._flush(w, mode) for w, mode in ready]
-        else:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="flush") as pool:
-                reports = list(pool.map(lambda pair: self._flush(*pair), ready))
+        try:
+            if self.workers == 1:
+                reports = [self._flush(w, mode) for w, mode in ready]
+            else:
+                with ThreadPoolExecutor(self.workers, thread_name_prefix="flush") as pool:
+                    reports = list(pool.map(lambda pair: self._flush(*pair), ready))
+        finally:  # (a pass that is killed loses them: the bucket refills within seconds)
+            for app in {id(a.app): a.app for a in self.advertisers.connected()}.values():
+                app.give_back()
         for audience_report in reports:
             report.add(audience_report)
         report.counts["flush_passes"] += 1
@@ -303,14 +307,14 @@ class Flusher:
         try:
             segment_id = self._segment_id(advertiser, waiting)
             self._lookalike(advertiser, waiting, segment_id, report)
-            if whole and not app.budget.take(len(plans)):
+            if whole and not app.take(len(plans)):
                 report.counts["budget_waits"] += 1
                 app.stop.set()
                 return sent, False
             for plan in plans:
                 if self._stop.is_set() or app.stop.is_set() or self.seconds_left() < SAFETY_SECONDS:
                     break
-                if not whole and not app.budget.take():
+                if not whole and not app.take(1):
                     report.counts["budget_waits"] += 1
                     app.stop.set()
                     break
@@ -413,7 +417,7 @@ class Flusher:
             try:
                 yield
             finally:
-                advertiser.app.budget.charge(advertiser.criteo.stats.total_calls - before)
+                advertiser.app.charge(advertiser.criteo.stats.total_calls - before)
 
     def _lookalike(self, advertiser: Advertiser, waiting: Waiting, seed_id: str, report: FlushReport) -> None:
         """Create the audience's lookalike segment once, if its settings ask for one (a failure is tried again
