@@ -4,11 +4,13 @@ handler on moto server and the Criteo emulator, fed by the event source mapping 
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 
+from audience_sync.ledger import Ledger
 from audience_sync.ticks import GRACE_SECONDS, KEEP, TICK_ATTRIBUTE, Tick, next_tick
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.lambda_runtime import FakeContext
@@ -98,6 +100,16 @@ def test_a_lost_tick_is_armed_again_once_overdue(waiting_stack: Stack) -> None:
     scheduled = waiting_stack.sync.handler(SCHEDULED_EVENT, FakeContext(timeout_seconds=60))
     assert scheduled["flush_ticks_sent"] == 1
     assert len(ticks_in_queue(waiting_stack)) == 1
+
+
+def test_a_tick_waits_for_the_pass_holding_the_lease_rather_than_end_the_chain(waiting_stack: Stack) -> None:
+    queue(waiting_stack, ["cart"])
+    other = Ledger(waiting_stack.aws.client("dynamodb"), waiting_stack.aws.ledger_table, 60)
+    assert other.acquire_flusher() is not None  # another invocation's pass, when the tick comes
+    threading.Timer(1.5, other.release_flusher).start()
+    time.sleep(1.2)  # the tick's delay
+    assert waiting_stack.poller().poll_once() == 1
+    assert len(ticks_in_queue(waiting_stack)) == 1  # its pass came after the other one's, and armed the next
 
 
 def test_a_scheduled_invocation_makes_one_pass_and_leaves(waiting_stack: Stack) -> None:

@@ -99,7 +99,10 @@ def flush(context: LambdaContext, carry_moves: bool = False, carried: Collection
     def seconds_left() -> float:
         return context.get_remaining_time_in_millis() / 1000.0
 
-    turn = ledger.acquire_flusher() if seconds_left() >= SAFETY_SECONDS else None
+    # A tick's pass waits for the pass holding the lease: skipped, it would arm no next tick (the one it carries
+    # would count as pending until it is overdue).
+    wait = settings.flush_poll_seconds if carried else 0.0
+    turn = ledger.acquire_flusher(wait) if seconds_left() >= SAFETY_SECONDS else None
     if turn is None:
         return {}
     advertisers = advertisers_for(seconds_left)
