@@ -45,7 +45,7 @@ from bench.servers import new_emulator
 from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, cut_batches, minimum_calls, stream, sync_batches
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO
-from devtools.minimum import WindowMinimum
+from devtools.minimum import PairState, WindowMinimum
 from devtools.template import load_template
 
 BUDGET_PER_MINUTE = 200  # the template's CriteoCallsPerMinute
@@ -263,6 +263,11 @@ def simulate(
     drain = run.drained_at - run.last_arrival
     last_window_minutes = windows.last_window_patches / BUDGET_PER_MINUTE
     billed = table.billed
+    # Identifiers Criteo holds that the stream says it must not / lacks that it must (the streams held in memory).
+    wrong_lost = () if on_disk else membership_errors(criteo_emulator, peer_input)
+    exactness = dict(zip(("wrong", "lost"), wrong_lost, strict=True))
+    if any(exactness.values()):
+        raise RuntimeError(f"{spec.label}: Criteo's segments are not what the stream says ({exactness})")
     return {
         "sqs_messages": serial,
         "identifiers_sent": run.identifiers_sent,
@@ -293,7 +298,29 @@ def simulate(
         "last_window_minimum_s": round(last_window_minutes * 60, 1),
         "largest_audience_flush": run.largest_audience_flush,
         "spec_violations": len(criteo_emulator.spec_violations),
+        **exactness,
     }
+
+
+def membership_errors(criteo_emulator: CriteoEmulator, changes: list[AudienceChange]) -> tuple[int, int]:
+    """What the segments hold against what the stream says Criteo must hold (devtools.minimum's rules, not the
+    ledger's code): identifiers wrong (held, not due), lost (due, not held)."""
+    pairs: dict[tuple[str, str], PairState] = {}
+    for change in changes:
+        pairs.setdefault((change.audience_key, change.user), PairState()).add(change)
+    expected: dict[tuple[str, str], set[str]] = {}
+    for (audience, _), state in pairs.items():
+        for id_type, identifiers in state.must_hold().items():
+            expected.setdefault((SyncOptions().name_prefix + audience, id_type), set()).update(identifiers)
+    held = {
+        (name, id_type): members
+        for name, segment in criteo_emulator.segments().items()
+        for id_type, members in segment["members"].items()
+    }
+    keys = expected.keys() | held.keys()
+    wrong = sum(len(held.get(k, set()) - expected.get(k, set())) for k in keys)
+    lost = sum(len(expected.get(k, set()) - held.get(k, set())) for k in keys)
+    return wrong, lost
 
 
 def before_patches(changes: list[AudienceChange]) -> int:
