@@ -3,7 +3,6 @@ over what is ready; the schedule's invocations (every minute) and the flush tick
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -28,10 +27,10 @@ from audience_sync.match_statistics import measure
 from audience_sync.moves import Moves, carry_over, moved_by_settings
 from audience_sync.observability import client_config, logger, metrics
 from audience_sync.outbox import Outbox, Waiting
-from audience_sync.queue import QueueWriter
+from audience_sync.queue import QueueWriter, number_of
 from audience_sync.sync import QUEUED_ATTRIBUTE, SAFETY_SECONDS, AudienceSync, DeadLetters, SyncOptions, park_exhausted
 from audience_sync.table import PARALLEL_CALLS
-from audience_sync.ticks import TICK_BODY, tick_attributes, tick_of
+from audience_sync.ticks import TICK_BODY, split_ticks, tick_attributes
 
 settings = SyncSettings.from_env()
 MOVE_SECONDS = 15.0  # a scheduled invocation spends up to this carrying moved audiences' members over
@@ -199,10 +198,9 @@ def match_statistics(context: LambdaContext) -> dict[str, int]:
     return {**counts, "criteo_credentials_errors": len(advertisers.unreadable())}
 
 
-def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any], dict[str, int]]:
-    """Apply one SQS batch to the ledger and the outbox; only the messages not finished come back (a flush tick
-    in the batch is done by the pass that follows)."""
-    records = [record for record in event["Records"] if tick_of(record) is None]
+def apply(records: list[dict[str, Any]], context: LambdaContext) -> tuple[dict[str, Any], dict[str, int]]:
+    """Apply the records of one SQS batch (its flush ticks set apart) to the ledger and the outbox; only the
+    messages not finished come back."""
     messages = [(record["messageId"], record["body"]) for record in records]
     attributes = {r["messageId"]: r.get("attributes", {}) for r in records}
     receive_counts = {m: int(a.get("ApproximateReceiveCount", 0)) for m, a in attributes.items()}
@@ -223,14 +221,10 @@ def apply(event: dict[str, Any], context: LambdaContext) -> tuple[dict[str, Any]
 
 
 def first_queued(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Per message sent back by a sync whose time ran out: when its changes were first queued (a number, in the
-    event source mapping's message attribute format; anything else is ignored)."""
-    found = {}
-    for record in records:
-        value = record.get("messageAttributes", {}).get(QUEUED_ATTRIBUTE, {}).get("stringValue")
-        with contextlib.suppress(TypeError, ValueError):
-            found[record["messageId"]] = float(value)
-    return found
+    """Per message sent back by a sync whose time ran out: when its changes were first queued (anything but a
+    number is ignored)."""
+    found = {record["messageId"]: number_of(record, QUEUED_ATTRIBUTE) for record in records}
+    return {message_id: queued for message_id, queued in found.items() if queued is not None}
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -240,8 +234,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     with what still waits (`outbox_audiences`; absent when another invocation held the flusher lease). Either
     arms a flush tick while anything waits: the next pass comes a few seconds later (ticks.py)."""
     if "Records" in event:
-        answer, counts = apply(event, context)
-        carried = [tick for record in event["Records"] if (tick := tick_of(record)) is not None]
+        carried, records = split_ticks(event["Records"])
+        answer, counts = apply(records, context)
         counts.update({**flush(context, carried=carried), "flush_ticks_in": len(carried)})
         done = "batch synced"
     elif event.get("match_statistics"):

@@ -459,24 +459,26 @@ class KeptSummaries:
     """The outbox's summaries as the last pass in this container left them, for the next pass instead of reading
     them again: under a backlog a pass comes every few seconds, and on 100k changes over 2,000 audiences reading
     them at every pass was ~2.5% of the bill. Kept only while no other invocation flushed in between (the
-    flusher lease's number is the next one) and for at most MAX_AGE_SECONDS (what is written outside the
-    flusher, a redrive's parked changes, is seen within that)."""
+    flusher lease's number is the next one) and for at most MAX_AGE_SECONDS since they were read (what is
+    written outside the flusher, a redrive's parked changes, is seen within that)."""
 
     MAX_AGE_SECONDS = 60.0
 
     def __init__(self) -> None:
-        self._kept: tuple[int, float, list[Waiting]] | None = None
+        self._kept: tuple[int, list[Waiting]] | None = None
+        self._since = 0.0  # when the summaries handed out last were read
 
-    def take(self, turn: int, now: float) -> tuple[list[Waiting] | None, float]:
-        """The summaries for the pass holding lease number `turn` (None: read them), and since when they are kept."""
+    def take(self, turn: int, now: float) -> list[Waiting] | None:
+        """The summaries for the pass holding lease number `turn` (None: read them)."""
         kept, self._kept = self._kept, None
-        if kept is None or kept[0] != turn - 1 or now - kept[1] > self.MAX_AGE_SECONDS:
-            return None, now
-        return kept[2], kept[1]
+        if kept is None or kept[0] != turn - 1 or now - self._since > self.MAX_AGE_SECONDS:
+            self._since = now
+            return None
+        return kept[1]
 
-    def keep(self, turn: int, since: float, summaries: list[Waiting] | None) -> None:
+    def keep(self, turn: int, summaries: list[Waiting] | None) -> None:
         """What the pass holding lease number `turn` left."""
-        self._kept = None if summaries is None else (turn, since, summaries)
+        self._kept = None if summaries is None else (turn, summaries)
 
 
 def one_pass(
@@ -492,10 +494,9 @@ def one_pass(
     that brought this pass; `tick_delay` None: no ticks). Returns the report and the tick armed (None: none)."""
     tick = KEEP
     try:
-        summaries, since = kept.take(turn, ledger.clock())
-        current = flusher(summaries)
+        current = flusher(kept.take(turn, ledger.clock()))
         report = current.tick()
-        kept.keep(turn, since, current.summaries)
+        kept.keep(turn, current.summaries)
         if tick_delay is not None:
             waiting = waits_for_this_invocation(report)
             tick = next_tick(waiting, ledger.flusher_tick, carried, ledger.clock(), tick_delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,20 @@ MAX_BATCH_ENTRIES = 10
 MAX_BATCH_BYTES = 256 * 1024
 SEND_ATTEMPTS = 4
 RETRY_BASE_SECONDS = 0.05
+
+
+def number_attribute(name: str, value: float) -> dict[str, Any]:
+    """A message attribute holding a number (SendMessage's form), to the millisecond."""
+    return {name: {"DataType": "Number", "StringValue": f"{value:.3f}"}}
+
+
+def number_of(record: dict[str, Any], name: str) -> float | None:
+    """The number attribute `name` of an SQS record in the event source mapping's form (None: absent or not a
+    number)."""
+    value = record.get("messageAttributes", {}).get(name, {}).get("stringValue")
+    with contextlib.suppress(TypeError, ValueError):
+        return float(value)
+    return None
 
 
 def batches_of(bodies: list[str]) -> Iterator[list[str]]:

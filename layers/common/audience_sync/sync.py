@@ -14,7 +14,7 @@ from audience_sync.ledger import Consent, Ledger, Suppression
 from audience_sync.membership import ByType, Membership, difference
 from audience_sync.observability import logger
 from audience_sync.plan import Entry, outbox_entry
-from audience_sync.queue import QueueWriter
+from audience_sync.queue import QueueWriter, number_attribute
 from audience_sync.records import (
     ADD,
     ALL_AUDIENCES,
@@ -208,7 +208,7 @@ class AudienceSync:
             report.hand_back(rest, "out of time")
             return
         items = [item for items in rest.values() for item in items]
-        queued = {QUEUED_ATTRIBUTE: {"DataType": "Number", "StringValue": f"{min(i.queued for i in items):.3f}"}}
+        queued = number_attribute(QUEUED_ATTRIBUTE, min(i.queued for i in items))
         try:  # one send for every message's rest, packed together (not one send per message)
             self.requeue.send(list(pack_changes(i.change for i in items)), queued)
         except DependencyUnavailable:  # some may have been sent: applying them twice is harmless

@@ -15,9 +15,10 @@ minute schedule's, arms another.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Collection
 from typing import Any, NamedTuple
+
+from audience_sync.queue import number_attribute, number_of
 
 TICK_ATTRIBUTE = "flush_tick"
 TICK_BODY = "flush tick"
@@ -53,12 +54,16 @@ def tick_delay(poll_seconds: int, batching_window_seconds: int) -> int:
 
 def tick_attributes(tick: float) -> dict[str, Any]:
     """The message attributes of a tick (SendMessage's form)."""
-    return {TICK_ATTRIBUTE: {"DataType": "Number", "StringValue": f"{tick:.3f}"}}
+    return number_attribute(TICK_ATTRIBUTE, tick)
 
 
-def tick_of(record: dict[str, Any]) -> float | None:
-    """The tick an SQS record (the event source mapping's form) carries, or None: it is not a tick."""
-    value = record.get("messageAttributes", {}).get(TICK_ATTRIBUTE, {}).get("stringValue")
-    with contextlib.suppress(TypeError, ValueError):
-        return float(value)
-    return None
+def split_ticks(records: list[dict[str, Any]]) -> tuple[list[float], list[dict[str, Any]]]:
+    """An SQS batch (the event source mapping's form): the ticks it carries, and its other records."""
+    ticks, others = [], []
+    for record in records:
+        tick = number_of(record, TICK_ATTRIBUTE)
+        if tick is None:
+            others.append(record)
+        else:
+            ticks.append(tick)
+    return ticks, others
