@@ -16,10 +16,11 @@ calls the budget can't send within its span grows until it can.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -31,7 +32,7 @@ from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
-from audience_sync.flush import Flusher, FlushPolicy, FlushReport, KeptSummaries, one_pass
+from audience_sync.flush import WORKERS, Flusher, FlushPolicy, FlushReport, KeptSummaries, one_pass
 from audience_sync.inbox import Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.outbox import Outbox, Waiting
@@ -84,6 +85,7 @@ class Run:
     """What one simulated stream did."""
 
     patches_at: list[tuple[float, int]] = field(default_factory=list)  # (time, PATCHes made in that pass)
+    patch_rounds: int = 0  # PATCH round trips one after another, the flusher's workers overlapping audiences
     waited: list[tuple[float, int]] = field(default_factory=list)  # (seconds, identifiers)
     last_arrival: float = 0.0
     drained_at: float = 0.0
@@ -93,6 +95,15 @@ class Run:
     scheduled_invocations: int = 0
     largest_audience_flush: int = 0
     identifiers_sent: int = 0
+
+
+def rounds(per_audience: Iterable[int], workers: int = WORKERS) -> int:
+    """How many PATCH round trips long a pass is when the flusher's `workers` threads each take the next
+    audience, fullest first, and send its calls in order (the longest worker's total)."""
+    loads = [0] * workers
+    for n in sorted(per_audience, reverse=True):
+        heapq.heapreplace(loads, loads[0] + n)
+    return max(loads)
 
 
 def _percentile(waited: list[tuple[float, int]], share: float) -> float:
@@ -174,8 +185,9 @@ def simulate(
         with table.unmetered():
             waiting = outbox.waiting()
         run.largest_audience_flush = max([run.largest_audience_flush, *(sum(w.counts.values()) for w in waiting)])
-        before = criteo_emulator.count("patch")
+        before, logged = criteo_emulator.count("patch"), len(criteo_emulator.patch_log)
         report = tick()
+        run.patch_rounds += rounds(Counter(p["segment_id"] for p in criteo_emulator.patch_log[logged:]).values())
         run.waited.extend(report.waited)
         run.identifiers_sent += report.counts["identifiers_added"] + report.counts["identifiers_removed"]
         made = criteo_emulator.count("patch") - before
@@ -297,6 +309,7 @@ def simulate(
         "drain_after_last_arrival_s": round(drain, 1),
         "last_window_minimum_s": round(last_window_minutes * 60, 1),
         "largest_audience_flush": run.largest_audience_flush,
+        "patch_rounds": run.patch_rounds,
         "spec_violations": len(criteo_emulator.spec_violations),
         **exactness,
     }

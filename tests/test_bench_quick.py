@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.criteo_calls import rounds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,3 +52,13 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     flush_pass = results["memory"]["flush_pass"]
     assert flush_pass["shared_allowance"] * 3 < flush_pass["no_allowance"]
     assert results["cost"]["total_dollars_per_million_changes"] > 0
+    # PATCH round trips as billed: audiences overlap on the flusher's threads, an audience's calls do not.
+    assert all(0 < s["patch_rounds"] <= s["calls"]["patch"] for s in results["criteo_calls"])
+
+
+def test_a_pass_lasts_as_long_as_its_busiest_flusher_thread() -> None:
+    assert rounds([], 8) == 0
+    assert rounds([1] * 16, 8) == 2  # sixteen one-call audiences: two rounds on eight threads
+    assert rounds([3, *[1] * 8], 8) == 3  # the eighth single call waits on a thread after one, not after three
+    assert rounds([5, 4, 3], 2) == 7  # fullest first: 5 | 4 then 3
+    assert rounds([4, 4, 4], 1) == 12

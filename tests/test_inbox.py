@@ -9,6 +9,7 @@ from typing import Any
 from audience_sync.flush import FlushPolicy
 from audience_sync.inbox import GROUPS, Inbox, Slice, group_of
 from audience_sync.ledger import Ledger
+from audience_sync.outbox import Waiting
 from audience_sync.plan import net
 from audience_sync.queue import QueueWriter
 from audience_sync.records import ADD, AudienceChange, pack_changes
@@ -46,6 +47,11 @@ def enter(audience: str, n: int) -> AudienceChange:
     return AudienceChange(
         audience, audience.title(), ADD, user_hash(f"u{n}"), 1_000 + n, f"e{n}", {"email": [sha(f"u{n}@example.com")]}
     )
+
+
+def gathered(result: tuple[list[Waiting], bool]) -> tuple[list[str], bool]:
+    """A gathering's result as the audiences written and whether the group is empty."""
+    return [w.audience_key for w in result[0]], result[1]
 
 
 def entry_expiries(stack: Stack) -> list[int]:
@@ -135,16 +141,17 @@ def test_a_gathering_nets_each_audience_in_order_and_leaves_what_it_did_not_read
     assert waiting.first == START
     first_read, complete = inbox.oldest(waiting, max_identifiers=4)
     assert [sk.split("#")[0] for sk, _ in first_read] == [f"{1:012d}", f"{2:012d}"] and not complete
-    assert inbox.gather(waiting, outbox) == (1, True)
+    written, emptied = inbox.gather(waiting, outbox)
+    assert emptied and written == outbox.waiting()  # the summaries it wrote, as a read finds them
     assert net(s.entry for s in outbox.entries("cart")) == adds({*emails(0, 3), email(9)})
-    assert outbox.waiting()[0].name == "Cart" and outbox.waiting()[0].first == START
+    assert written[0].name == "Cart" and written[0].first == START and written[0].counts == {("add", "email"): 4}
     # The entries stay (until they expire), behind the group's cursor: the next gathering reads only what came
     # after them.
     seq = inbox.acquire(group, 0) or 0
     inbox.release(group, inbox.append(group, seq, {"cart": Slice(removes({email(9)}), "Cart", clock())}))
     [again] = [g for g in inbox.waiting() if g.first is not None]
     assert [sk.split("#")[0] for sk, _ in inbox.oldest(again)[0]] == [f"{4:012d}"]
-    assert inbox.gather(again, outbox) == (1, True)
+    assert gathered(inbox.gather(again, outbox)) == (["cart"], True)
     assert [s.entry for s in outbox.entries("cart")][1:] == [removes({email(9)})]
 
 
@@ -157,11 +164,43 @@ def test_a_group_read_in_part_is_gathered_again_at_the_next_pass_not_an_interval
         seq = inbox.acquire(group, 0) or 0
         inbox.release(group, inbox.append(group, seq, {"cart": Slice(adds(emails(start, start + 10)), "", clock())}))
     [waiting] = [g for g in inbox.waiting() if g.first is not None]
-    assert inbox.gather(waiting, outbox, max_identifiers=15) == (1, False)
+    assert gathered(inbox.gather(waiting, outbox, max_identifiers=15)) == (["cart"], False)
     [left] = [g for g in inbox.waiting() if g.first is not None]
     assert left.first == START
-    assert inbox.gather(left, outbox) == (1, True)
+    assert gathered(inbox.gather(left, outbox)) == (["cart"], True)
     assert net(s.entry for s in outbox.entries("cart")) == adds(emails(0, 30))
+
+
+def test_a_pass_that_gathers_sends_what_it_gathered_without_reading_the_summaries_again(aws_stack: Stack) -> None:
+    # Each gathering answers with the audience's summary as written (the append's UpdateItem returns it, at no
+    # cost), so the flusher keeps its summaries in step instead of querying them all again: on 100k changes over
+    # 2,000 audiences, steady, that re-read was 41k of the 113k read units.
+    clock = Clock()
+    inbox, outbox = new_inbox(aws_stack, clock), new_outbox(aws_stack, clock)
+    outbox.append("vip", adds({email(7)}), "VIP", queued=START - 120)  # waiting already
+    flusher = new_flusher(aws_stack, FlushPolicy(interval_seconds=60, calls_per_minute=6000), clock, burst=100)
+    reads: list[str] = []
+    flusher.outbox.dynamodb.meta.events.register(
+        "provide-client-params.dynamodb.Query",
+        lambda params, **_: reads.append(params["ExpressionAttributeValues"][":p"]["S"]),
+    )
+
+    def append(audience: str, *ids: str) -> None:
+        group = group_of(audience)
+        seq = inbox.acquire(group, 0) or 0
+        inbox.release(group, inbox.append(group, seq, {audience: Slice(adds(set(ids)), "Cart", clock() - 120)}))
+
+    append("cart", email(1), email(2))
+    assert flusher.tick().counts["audiences_gathered"] == 1  # gathered and, 120 s old, sent in the same pass
+    assert aws_stack.members("cart") == {email(1), email(2)} and aws_stack.members("vip") == {email(7)}
+    append("cart", email(3))
+    clock.advance(5)
+    searches = aws_stack.criteo.count("search")
+    assert flusher.tick().counts["patches"] == 1  # to the segment its summary remembers: no look-up
+    assert aws_stack.members("cart") == {email(1), email(2), email(3)}
+    assert aws_stack.criteo.count("search") == searches and aws_stack.criteo.count("patch") == 3
+    assert reads.count("outbox") == 1  # the first pass's; none after either gathering
+    assert outbox.waiting() == []
 
 
 def test_a_group_another_invocation_holds_waits_until_the_other_groups_are_done(aws_stack: Stack) -> None:

@@ -43,6 +43,7 @@ from audience_sync.ticks import KEEP, next_tick
 ALL = "all"
 FULL_ONLY = "full"
 MAX_RETRY_SECONDS = 300.0
+WORKERS = 8  # audiences flushed at once (their Criteo calls overlap; an audience's own calls go in order)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,9 @@ class Flusher:
     """Sends what is ready in the outbox, each audience to its advertiser within its app's budget; one flusher
     runs at a time (the caller holds the flusher lease for as long as this object lives).
 
-    The outboxes' only writer, it reads their summaries once (and again after gathering) and keeps them in step
-    with what it writes; `summaries`: as the pass before left them (see KeptSummaries)."""
+    The outboxes' only writer, it reads their summaries once and keeps them in step with what it writes (a
+    gathering's appends return the summaries they wrote); `summaries`: as the pass before left them (see
+    KeptSummaries)."""
 
     def __init__(
         self,
@@ -115,7 +117,7 @@ class Flusher:
         options: SyncOptions,
         policy: FlushPolicy,
         seconds_left: Callable[[], float],
-        workers: int = 8,
+        workers: int = WORKERS,
         config: Callable[[], AudienceConfig] = AudienceConfig,
         moves: Moves | None = None,
         held_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH,
@@ -154,7 +156,6 @@ class Flusher:
         due_after = max(self.policy.interval_seconds, min(backlogs.values(), default=0.0))
         inbox_groups, gathered = self._gather(groups, now - last_change, due_after, report)
         if gathered:
-            self._summaries = None
             every, waiting, backlogs = self._outbox()
         ready = [
             (w, mode)
@@ -229,15 +230,23 @@ class Flusher:
             if self.seconds_left() < SAFETY_SECONDS:
                 break
             try:
-                audiences, emptied = self.inbox.gather(group, self.outbox)
+                summaries, emptied = self.inbox.gather(group, self.outbox)
             except DependencyUnavailable as error:  # the entries stay and are gathered again
                 logger.warning("inbox unavailable", extra={"reason": str(error)})
                 report.counts["dependency_errors"] += 1
-                break
-            report.counts["audiences_gathered"] += audiences
+                self._summaries = None  # some audiences may have been written: read them
+                return left, gathered + 1
+            self._keep(summaries)
+            report.counts["audiences_gathered"] += len(summaries)
             left -= emptied
             gathered += 1
         return left, gathered
+
+    def _keep(self, written: list[Waiting]) -> None:
+        """Keep the summaries of audiences a gathering wrote (as the appends returned them) in place of theirs."""
+        if self._summaries is not None:
+            fresh = {w.audience_key for w in written}
+            self._summaries = [w for w in self._summaries if w.audience_key not in fresh] + written
 
     def _may_go_on(self) -> bool:
         """The outbox is available and time is left for one more audience."""

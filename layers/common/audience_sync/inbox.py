@@ -30,7 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from audience_sync.errors import DependencyUnavailable
-from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, MAX_IDENTIFIERS_PER_ITEM, Outbox, document, entry_of, split
+from audience_sync.outbox import (
+    MAX_IDENTIFIERS_PER_FLUSH,
+    MAX_IDENTIFIERS_PER_ITEM,
+    Outbox,
+    Waiting,
+    document,
+    entry_of,
+    split,
+)
 from audience_sync.plan import Entry, net
 from audience_sync.table import Table
 
@@ -195,9 +203,10 @@ class Inbox(Table):
 
     def gather(
         self, waiting: GroupWaiting, outbox: Outbox, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH
-    ) -> tuple[int, bool]:
+    ) -> tuple[list[Waiting], bool]:
         """Move the group's oldest entries into its audiences' outboxes (one entry per audience, netted), then
-        move the cursor past them; returns the audiences written, and whether nothing waits in the group any more.
+        move the cursor past them; returns the summaries of the audiences written (as written), and whether
+        nothing waits in the group any more.
         Only the flusher calls this (it is the outboxes' one writer). A failure midway leaves the cursor, and the
         next gathering writes them again: re-sending a change is harmless, and the order is kept. At most
         `max_identifiers` are read (memory stays bounded); the rest is gathered at the next pass."""
@@ -206,10 +215,12 @@ class Inbox(Table):
         for _, slices in read:
             for audience, piece in slices.items():
                 by_audience.setdefault(audience, []).append(piece)
+        summaries = []
         for audience, pieces in sorted(by_audience.items()):
             name = next((p.name for p in reversed(pieces) if p.name), "")
-            outbox.append(audience, net(p.entry for p in pieces), name, min(p.queued for p in pieces))
-        return len(by_audience), self._finish(waiting, read[-1][0] if read else waiting.gathered, complete)
+            summary = outbox.append(audience, net(p.entry for p in pieces), name, min(p.queued for p in pieces))
+            summaries += [summary] if summary else []
+        return summaries, self._finish(waiting, read[-1][0] if read else waiting.gathered, complete)
 
     def _finish(self, waiting: GroupWaiting, gathered: str, complete: bool) -> bool:
         """The group's item after a gathering: the cursor at `gathered`; nothing waits when everything was read

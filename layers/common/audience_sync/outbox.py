@@ -141,11 +141,12 @@ def _counting(counts: dict[Group, int]) -> tuple[str, dict[str, str], dict[str, 
 class Outbox(Table):
     """The outbox items of the table."""
 
-    def append(self, audience_key: str, entry: Entry, name: str, queued: float) -> None:
+    def append(self, audience_key: str, entry: Entry, name: str, queued: float) -> Waiting | None:
         """Append an entry: the audience's item numbers and counts it (first), then it is stored (in parts). An
-        entry counted but not stored only makes a flush find less than the counts said."""
+        entry counted but not stored only makes a flush find less than the counts said. Returns the audience's
+        summary as written (None: nothing to append), so the flusher need not read the summaries again."""
         if not entry:
-            return
+            return None
         adds, names, values = _counting(entry.counts())
         values.update({":q": {"N": f"{queued:.3f}"}, ":now": {"N": f"{self.clock():.3f}"}, ":one": {"N": "1"}})
         names.update({"#first": "first", "#last": "last", "#t": "ttl"})
@@ -154,8 +155,9 @@ class Outbox(Table):
             values[":name"], names["#name"] = {"S": name}, "name"
             summary += ", #name = :name"
         expression = f"{summary} {adds}, seq :one REMOVE #t"
-        response = self._update_item(audience_key, expression, values, names, None, returned="UPDATED_NEW") or {}
-        seq = int(response["Attributes"]["seq"]["N"])
+        response = self._update_item(audience_key, expression, values, names, None, returned="ALL_NEW") or {}
+        summary = response["Attributes"]
+        seq = int(summary["seq"]["N"])
         self._put(
             [
                 {
@@ -167,6 +169,7 @@ class Outbox(Table):
                 for index, part in enumerate(split(entry))
             ]
         )
+        return _waiting(summary)
 
     def waiting(self) -> list[Waiting]:
         """Every audience with something waiting. Eventually consistent (half the read units): a summary a
