@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from botocore.exceptions import EndpointConnectionError
+
 from audience_sync.flush import FlushPolicy
 from audience_sync.inbox import GROUPS, Inbox, Slice, group_of
 from audience_sync.ledger import Ledger
@@ -201,6 +203,36 @@ def test_a_pass_that_gathers_sends_what_it_gathered_without_reading_the_summarie
     assert aws_stack.criteo.count("search") == searches and aws_stack.criteo.count("patch") == 3
     assert reads.count("outbox") == 1  # the first pass's; none after either gathering
     assert outbox.waiting() == []
+
+
+def test_a_gathering_that_fails_midway_leaves_the_flusher_reading_what_it_had_written(aws_stack: Stack) -> None:
+    # "bags" is appended, then DynamoDB fails on "cart"'s entry: the group's cursor stays (both are gathered
+    # again), and the pass reads the summaries afresh, so "bags", written before the failure, goes now.
+    clock = Clock()
+    inbox = new_inbox(aws_stack, clock)
+    assert group_of("bags") == group_of("cart")
+    group = group_of("cart")
+    seq = inbox.acquire(group, 0) or 0
+    slices = {a: Slice(adds({email(n)}), a.title(), clock() - 120) for n, a in enumerate(("bags", "cart"))}
+    inbox.release(group, inbox.append(group, seq, slices))
+    flusher = new_flusher(aws_stack, FlushPolicy(interval_seconds=60, calls_per_minute=6000), clock, burst=100)
+    entry_puts: list[str] = []
+
+    def fail_cart_entry(params: dict[str, Any], **_: Any) -> None:
+        [requests] = params["RequestItems"].values()
+        keys = [r["PutRequest"]["Item"]["pk"]["S"] for r in requests if "PutRequest" in r]
+        entry_puts.extend(keys)
+        if keys == ["out#cart"] and entry_puts.count("out#cart") == 1:
+            raise EndpointConnectionError(endpoint_url="http://dynamodb")
+
+    flusher.outbox.dynamodb.meta.events.register("provide-client-params.dynamodb.BatchWriteItem", fail_cart_entry)
+    report = flusher.tick()
+    assert report.counts["dependency_errors"] == 1 and report.counts["audiences_gathered"] == 0
+    assert aws_stack.members("bags") == {email(0)} and aws_stack.members("cart") == set()
+    clock.advance(5)
+    assert flusher.tick().counts["audiences_gathered"] == 2  # the cursor had stayed: both again
+    assert aws_stack.members("bags") == {email(0)} and aws_stack.members("cart") == {email(1)}
+    assert new_outbox(aws_stack).waiting() == []
 
 
 def test_a_group_another_invocation_holds_waits_until_the_other_groups_are_done(aws_stack: Stack) -> None:

@@ -154,9 +154,8 @@ class Flusher:
         # Under a backlog a group waits as long as the budget needs for what the outboxes hold: its audiences
         # would wait that long anyway, and gathering them every interval wrote each audience again and again.
         due_after = max(self.policy.interval_seconds, min(backlogs.values(), default=0.0))
-        inbox_groups, gathered = self._gather(groups, now - last_change, due_after, report)
-        if gathered:
-            every, waiting, backlogs = self._outbox()
+        inbox_groups = self._gather(groups, now - last_change, due_after, report)
+        every, waiting, backlogs = self._outbox()  # with what the gathering wrote
         ready = [
             (w, mode)
             for w in waiting
@@ -214,16 +213,14 @@ class Flusher:
         }
         return every, waiting, backlogs
 
-    def _gather(
-        self, groups: list[GroupWaiting], quiet_for: float, due_after: float, report: FlushReport
-    ) -> tuple[int, int]:
+    def _gather(self, groups: list[GroupWaiting], quiet_for: float, due_after: float, report: FlushReport) -> int:
         """Gather the groups whose oldest change is `due_after` old, or all once changes stopped coming for a
         quiet moment (a burst is over: everything that shares calls has come), oldest first; returns the groups
-        still waiting and the groups gathered."""
+        still waiting."""
         quiet = quiet_for >= min(self.policy.quiet_seconds, self.policy.interval_seconds)
         now = self.clock()
         waiting = sorted(((g.first, g) for g in groups if g.first is not None), key=lambda pair: pair[0])
-        left, gathered = len(waiting), 0
+        left = len(waiting)
         for first, group in waiting:
             if not quiet and now - first < due_after:
                 continue
@@ -235,12 +232,11 @@ class Flusher:
                 logger.warning("inbox unavailable", extra={"reason": str(error)})
                 report.counts["dependency_errors"] += 1
                 self._summaries = None  # some audiences may have been written: read them
-                return left, gathered + 1
+                break
             self._keep(summaries)
             report.counts["audiences_gathered"] += len(summaries)
             left -= emptied
-            gathered += 1
-        return left, gathered
+        return left
 
     def _keep(self, written: list[Waiting]) -> None:
         """Keep the summaries of audiences a gathering wrote (as the appends returned them) in place of theirs."""
