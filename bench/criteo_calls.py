@@ -99,9 +99,10 @@ class Run:
 
 def rounds(per_audience: Iterable[int], workers: int = WORKERS) -> int:
     """How many PATCH round trips long a pass is when the flusher's `workers` threads each take the next
-    audience, fullest first, and send its calls in order (the longest worker's total)."""
+    audience in the pass's order (`per_audience`: its calls, in the order the audiences were flushed) as soon as
+    they are free, and send its calls one after another: the busiest thread's total."""
     loads = [0] * workers
-    for n in sorted(per_audience, reverse=True):
+    for n in per_audience:
         heapq.heapreplace(loads, loads[0] + n)
     return max(loads)
 

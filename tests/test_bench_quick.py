@@ -60,5 +60,6 @@ def test_a_pass_lasts_as_long_as_its_busiest_flusher_thread() -> None:
     assert rounds([], 8) == 0
     assert rounds([1] * 16, 8) == 2  # sixteen one-call audiences: two rounds on eight threads
     assert rounds([3, *[1] * 8], 8) == 3  # the eighth single call waits on a thread after one, not after three
-    assert rounds([5, 4, 3], 2) == 7  # fullest first: 5 | 4 then 3
+    assert rounds([5, 4, 3], 2) == 7  # 5 | 4 then 3
+    assert rounds([1, 1, 4], 2) == 5  # in the pass's order: the four-call audience comes after a single call
     assert rounds([4, 4, 4], 1) == 12
