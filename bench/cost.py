@@ -54,7 +54,7 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
     sync_seconds = (
         CHANGES / sync_records_per_second / VCPU_SHARE
         # The flusher's threads send several audiences' calls at once: billed is the longest thread's round trips
-        # per pass (rows measured before the thirteenth session: every PATCH one after another).
+        # per pass (rows measured before the fourteenth session: every PATCH one after another).
         + stream.get("patch_rounds", stream["calls"]["patch"]) * scale * CRITEO_PATCH_SECONDS
         + stream["identifiers_sent"] * scale / MAX_IDENTIFIERS * CRITEO_SECONDS_PER_50K
         + table_calls / 16 * DYNAMODB_CALL_SECONDS
