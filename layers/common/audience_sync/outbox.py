@@ -156,8 +156,8 @@ class Outbox(Table):
             summary += ", #name = :name"
         expression = f"{summary} {adds}, seq :one REMOVE #t"
         response = self._update_item(audience_key, expression, values, names, None, returned="ALL_NEW") or {}
-        summary = response["Attributes"]
-        seq = int(summary["seq"]["N"])
+        item = response["Attributes"]
+        seq = int(item["seq"]["N"])
         self._put(
             [
                 {
@@ -169,7 +169,7 @@ class Outbox(Table):
                 for index, part in enumerate(split(entry))
             ]
         )
-        return _waiting(summary)
+        return _waiting(item)
 
     def waiting(self) -> list[Waiting]:
         """Every audience with something waiting. Eventually consistent (half the read units): a summary a
