@@ -65,6 +65,9 @@ class ChaosSettings:
     expire_tokens_every: float = 7.0
     kill_at_patch: int = 3  # the worker is SIGKILLed while Criteo holds the answer to this applied PATCH
     flush_interval: int = 5  # FLUSH_INTERVAL_SECONDS: changes wait this long to share calls (template: 60)
+    # CRITEO_CALLS_PER_MINUTE, the budget every flush shares (0: the local stack's 60,000, far above the
+    # emulator's rate limit, so each pass sends all that is due; the 1M-event soak sets it under that limit)
+    calls_per_minute: int = 0
     max_drain_seconds: float = 900.0
     keep_logs: bool = False  # keep the worker log and batch report in a temporary directory
 
@@ -239,6 +242,7 @@ def run(settings: ChaosSettings) -> tuple[bool, dict[str, Any]]:
             "AUDIENCE_LOCK_SECONDS": str(timeout + 2),
             "CONSENT_CATEGORIES": ",".join(REQUIRED_CONSENT),
             "FLUSH_INTERVAL_SECONDS": str(settings.flush_interval),
+            **({"CRITEO_CALLS_PER_MINUTE": str(settings.calls_per_minute)} if settings.calls_per_minute else {}),
         },
     )
     workdir = tempfile.TemporaryDirectory(prefix="chaos-", delete=not settings.keep_logs)
