@@ -4,6 +4,7 @@ groups' leases, and the flusher gathering groups into the audiences' outboxes wh
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from botocore.exceptions import EndpointConnectionError
@@ -97,6 +98,31 @@ def test_a_batch_over_many_audiences_writes_one_entry_per_group_and_nothing_per_
     assert all(14 * 86400 - 600 < expiry - time.time() <= 14 * 86400 for expiry in entry_expiries(aws_stack))
     assert all(g.first is None for g in new_inbox(aws_stack).waiting())
     assert aws_stack.criteo.count("patch") == 40
+
+
+def test_a_batch_over_many_audiences_reads_and_writes_the_ledger_per_group_not_per_audience(aws_stack: Stack) -> None:
+    # One BatchGetItem and one BatchWriteItem per audience: a 2,000-audience stream made ~500 ledger calls per
+    # sync invocation of ~280 changes (round trips the Lambda bill counts), where 100 keys or 25 items fit in one.
+    audiences = [f"aud{k}" for k in range(120)]
+    sync = new_sync(aws_stack)
+    calls: list[tuple[str, int]] = []
+
+    def on_ledger_call(params: dict[str, Any], model: Any, **_: Any) -> None:
+        for request in params.get("RequestItems", {}).values():
+            keys = request["Keys"] if isinstance(request, dict) else [w["PutRequest"]["Item"] for w in request]
+            members = [key for key in keys if key["sk"]["S"].startswith("a#")]
+            if members:
+                calls.append((model.name, len(members)))
+
+    sync.ledger.dynamodb.meta.events.register("provide-client-params.dynamodb", on_ledger_call)
+    changes = [enter(audience, n) for n, audience in enumerate(audiences)]
+    assert not sync.run([("m1", *pack_changes(changes))]).failed
+    per_group = Counter(group_of(audience) for audience in audiences)
+    reads = sorted(n for name, n in calls if name == "BatchGetItem")
+    writes = [n for name, n in calls if name == "BatchWriteItem"]
+    assert sum(reads) == sum(writes) == 120
+    assert len(reads) == sum(-(-n // 100) for n in per_group.values())  # 100 keys a read, whatever the audience
+    assert len(writes) == sum(-(-n // 25) for n in per_group.values())  # 25 items a write
 
 
 def test_a_group_is_gathered_when_its_oldest_change_is_due_or_once_changes_stop(aws_stack: Stack) -> None:

@@ -5,7 +5,7 @@ ledger (moto server) and the emulator shows the result."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -187,8 +187,8 @@ def test_a_suppression_stored_while_another_invocation_enters_the_user_is_caught
     class SuppressedMeanwhile(Ledger):
         """B's ledger: the moment B reads the memberships it will fold, A runs to the end."""
 
-        def memberships(self, audience_key: str, users: Iterable[str]) -> dict[str, Membership]:
-            found = super().memberships(audience_key, users)
+        def memberships_of(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, dict[str, Membership]]:
+            found = super().memberships_of(wanted)
             if not other.run([("a", *pack_changes([suppression]))]).failed:
                 other.run = lambda *args, **kwargs: SyncReport()  # type: ignore[method-assign]
             return found

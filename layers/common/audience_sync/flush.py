@@ -409,7 +409,7 @@ class Flusher:
                 logger.info("renamed a Criteo segment", extra={"segment": name, "was": waiting.segment_name})
             segment_id = advertiser.directory.resolve(name, description)
         if (segment_id, name) != (waiting.segment_id, waiting.segment_name):
-            self.outbox.remember(waiting.audience_key, {"segment_id": segment_id, "segment_name": name})
+            self.outbox.remember_at_finish(waiting, {"segment_id": segment_id, "segment_name": name})
             waiting.segment_id, waiting.segment_name = segment_id, name
         return segment_id
 
@@ -439,7 +439,7 @@ class Flusher:
             report.counts["lookalike_failures"] += 1
             logger.warning("lookalike segment not created; tried again next time", extra={"reason": str(error)})
             return
-        self.outbox.remember(waiting.audience_key, {"lookalike_id": lookalike_id})
+        self.outbox.remember_at_finish(waiting, {"lookalike_id": lookalike_id})
         waiting.lookalike_id = lookalike_id
         logger.info("lookalike segment ready", extra={"segment": name, "lookalike_id": lookalike_id})
 

@@ -54,6 +54,7 @@ class Waiting:
     lookalike_id: str = ""  # the lookalike segment seeded from it, once created
     advertiser: str = DEFAULT_ADVERTISER  # whose account those segments are in
     emptied: bool = False  # a flush left nothing waiting (the item no longer counts as waiting)
+    unsaved: dict[str, str] = field(default_factory=dict)  # segment attributes the item gets at the flush's update
 
 
 @dataclass
@@ -221,11 +222,12 @@ class Outbox(Table):
             # Nothing waits unless something was appended meanwhile; the item stays (its `seq` with it) and
             # starts to expire.
             ttl = str(int(self.clock()) + LEASE_KEPT_SECONDS)
-            unchanged = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": ttl}}
-            cleared = {"#first": "first", "#last": "last", "#t": "ttl"}
-            expression = f"SET #t = :ttl REMOVE {', '.join(('#first', 'fails', 'retry', *waiting.counters))}"
+            unchanged = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": ttl}, **_values(waiting.unsaved)}
+            cleared = {"#first": "first", "#last": "last", "#t": "ttl", **_names(waiting.unsaved)}
+            removed = ", ".join(("#first", "fails", "retry", *waiting.counters))
+            expression = f"SET #t = :ttl{_setting(waiting.unsaved)} REMOVE {removed}"
             if self._update_item(waiting.audience_key, expression, unchanged, cleared, "#last = :last") is not None:
-                waiting.emptied = True
+                waiting.emptied, waiting.unsaved = True, {}
                 return True
         carry_counts = outcome.carry.counts() if outcome.carry else {}
         groups = set(carry_counts) | set(outcome.counts_before)
@@ -234,9 +236,11 @@ class Outbox(Table):
         # The oldest change still waiting: the carry's; else (approximately) the first left unread; else one
         # appended during this flush, queued no later than now.
         oldest = queued if outcome.carry else outcome.read[-1].queued if not outcome.complete else self.clock()
-        values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}})
-        names["#first"] = "first"
-        self._update_item(waiting.audience_key, f"SET #first = :q, fails = :zero {adds}", values, names)
+        values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}, **_values(waiting.unsaved)})
+        names.update({"#first": "first", **_names(waiting.unsaved)})
+        expression = f"SET #first = :q, fails = :zero{_setting(waiting.unsaved)} {adds}"
+        self._update_item(waiting.audience_key, expression, values, names)
+        waiting.unsaved = {}
         counts = {group: waiting.counts.get(group, 0) + delta.get(group, 0) for group in {*waiting.counts, *delta}}
         waiting.counts = {group: n for group, n in counts.items() if n > 0}
         waiting.counters = tuple(sorted({*waiting.counters, *map(_counter, delta)}))
@@ -246,11 +250,17 @@ class Outbox(Table):
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
         """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`,
         `advertiser`), on its item and on its segment record (which does not expire)."""
-        names = {f"#{i}": name for i, name in enumerate(attributes)}
-        values = {f":{i}": {"S": value} for i, value in enumerate(attributes.values())}
-        expression = "SET " + ", ".join(f"#{i} = :{i}" for i in range(len(attributes)))
-        self._update_item(audience_key, expression, values, names)
-        self._update_item(audience_key, expression, values, names, condition=None, pk=SEGMENTS)
+        expression = "SET" + _setting(attributes)[1:]
+        self._update_item(audience_key, expression, _values(attributes), _names(attributes))
+        self._update_item(audience_key, expression, _values(attributes), _names(attributes), None, pk=SEGMENTS)
+
+    def remember_at_finish(self, waiting: Waiting, attributes: dict[str, str]) -> None:
+        """`remember` during a flush: the segment record is written now, the item gets the attributes with the
+        flush's own update of it (`finish`, `failed`) instead of a write of their own (a flush that dies before
+        leaves the item without them, and `recall` reads them from the record)."""
+        expression = "SET" + _setting(attributes)[1:]
+        self._update_item(waiting.audience_key, expression, _values(attributes), _names(attributes), None, SEGMENTS)
+        waiting.unsaved.update(attributes)
 
     def remembered(self, audiences: Iterable[str]) -> dict[str, dict[str, str]]:
         """The segment records of these audiences (those that have one): attribute -> value."""
@@ -270,8 +280,10 @@ class Outbox(Table):
 
     def failed(self, waiting: Waiting, retry_at: float) -> None:
         """Count a failed flush and when to try again (on the item and on `waiting`)."""
-        values = {":f": {"N": str(waiting.fails + 1)}, ":r": {"N": f"{retry_at:.3f}"}}
-        self._update_item(waiting.audience_key, "SET fails = :f, retry = :r", values)
+        values = {":f": {"N": str(waiting.fails + 1)}, ":r": {"N": f"{retry_at:.3f}"}, **_values(waiting.unsaved)}
+        expression = f"SET fails = :f, retry = :r{_setting(waiting.unsaved)}"
+        self._update_item(waiting.audience_key, expression, values, _names(waiting.unsaved) or None)
+        waiting.unsaved = {}
         waiting.fails, waiting.retry = waiting.fails + 1, float(f"{retry_at:.3f}")
 
     def _update_item(
@@ -287,6 +299,19 @@ class Outbox(Table):
         """UpdateItem on the audience's item (or its segment record): the response, or None when `condition` did
         not hold."""
         return self._update((pk, audience_key), expression, values, names, condition, returned)
+
+
+def _setting(attributes: dict[str, str]) -> str:
+    """`, #s0 = :s0, ...`: the SET clauses (to follow others) that write these string attributes."""
+    return "".join(f", #s{i} = :s{i}" for i in range(len(attributes)))
+
+
+def _names(attributes: dict[str, str]) -> dict[str, str]:
+    return {f"#s{i}": name for i, name in enumerate(attributes)}
+
+
+def _values(attributes: dict[str, str]) -> dict[str, Any]:
+    return {f":s{i}": {"S": value} for i, value in enumerate(attributes.values())}
 
 
 def forgotten(advertiser: str) -> dict[str, str]:

@@ -450,9 +450,9 @@ class AudienceSync:
         stored meanwhile by another invocation could not see them), and members held for want of a consent
         whose marker could not be written because a consent arrived meanwhile.
         """
-        folded = {a: self._fold(a, users, consents, report) for a, users in audiences.items()}
-        for audience_key, fold in folded.items():
-            self.ledger.save_memberships(audience_key, fold.ahead)
+        states = self.ledger.memberships_of(audiences)
+        folded = {a: self._fold(users, states[a], consents, report) for a, users in audiences.items()}
+        self.ledger.save_memberships({a: fold.ahead for a, fold in folded.items()})
         slices: dict[str, Slice] = {}
         for audience_key, fold in folded.items():
             entry = outbox_entry(fold.differences)
@@ -461,13 +461,12 @@ class AudienceSync:
                 slices[audience_key] = Slice(entry, self._display_name(fold.users) or "", queued)
         try:
             appended: Appended | None = self.inbox.append(group, seq, slices) if slices else None
-            for audience_key, fold in folded.items():
-                ahead = fold.ahead
-                self.ledger.save_memberships(audience_key, {u: s for u, s in fold.changed.items() if u not in ahead})
+            self.ledger.save_memberships(
+                {a: {u: s for u, s in fold.changed.items() if u not in fold.ahead} for a, fold in folded.items()}
+            )
             self.inbox.release(group, appended)
         except DependencyUnavailable:
-            for audience_key, fold in folded.items():
-                self.ledger.save_memberships(audience_key, {u: fold.befores[u] for u in fold.changed})
+            self.ledger.save_memberships({a: {u: fold.befores[u] for u in fold.changed} for a, fold in folded.items()})
             raise
         report.counts["identifiers_queued"] += appended.identifiers if appended else 0
         if not self.options.consent_required:
@@ -481,9 +480,10 @@ class AudienceSync:
                 recheck[audience_key] = {u: fold.users[u] for u in users}
         return recheck
 
-    def _fold(self, audience_key: str, users: UserChanges, consents: dict[str, Consent], report: SyncReport) -> Folded:
-        """One audience's changes folded into its users' ledger states, and what Criteo must be told."""
-        states = self.ledger.memberships(audience_key, users)
+    def _fold(
+        self, users: UserChanges, states: dict[str, Membership], consents: dict[str, Consent], report: SyncReport
+    ) -> Folded:
+        """One audience's changes folded into its users' ledger states (as read), and what Criteo must be told."""
         fold = Folded(users, {}, {}, {}, set())
         for user, items in users.items():
             state = states[user]
