@@ -65,7 +65,7 @@ def model(ingest_events_per_second: float, sync_records_per_second: float, strea
     )
     # The ledger and the outbox, as their DynamoDB requests on that stream were billed (bench/memory_table.py
     # meters each one): per (audience, user) touched one consistent read and one write; per audience and
-    # batch the leases, an outbox entry (written, then deleted by the flush: ~40 bytes an identifier) and
+    # batch the leases, an outbox entry (written, then left to expire behind the cursor: ~40 bytes an identifier) and
     # its summary; the budget's item per Criteo call.
     capacity = {"rru": dynamo.get("rru", 0) * scale, "wru": dynamo.get("wru", 0) * scale}
     quantities = {

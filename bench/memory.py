@@ -51,7 +51,7 @@ def _apply(batch: list[tuple[str, str]]) -> None:
 
 def _flush_read(outbox: Outbox, audience: str = "big") -> list[str]:
     """An audience's waiting entries read, netted and made into PATCH bodies (held while they are sent)."""
-    read, _ = outbox.oldest(audience)
+    read, _ = outbox.oldest(audience, "")
     bodies = []
     for plan in patches(audience, net(s.entry for s in read)):
         attributes = {

@@ -14,13 +14,23 @@ import pytest
 import requests
 
 from audience_sync.advertisers import Advertisers
+from audience_sync.audience_config import AudienceConfig, parse
 from audience_sync.budget import CallBudget
 from audience_sync.criteo.auth import CriteoCredentials, TokenCache
 from audience_sync.criteo.client import CriteoClient
 from audience_sync.criteo.segments import SEGMENT_IDS
 from audience_sync.flush import ALL, FULL_ONLY, Flusher, FlushPolicy
 from audience_sync.inbox import Inbox, Slice, group_of
-from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, Outbox, Outcome, Waiting, stored_counts
+from audience_sync.outbox import (
+    ENTRY_KEPT_SECONDS,
+    MAX_IDENTIFIERS_PER_FLUSH,
+    SUMMARY_KEPT_SECONDS,
+    Outbox,
+    Outcome,
+    Waiting,
+    carry_key,
+    stored_counts,
+)
 from audience_sync.plan import Entry, net
 from audience_sync.queue import QueueWriter
 from audience_sync.sync import DeadLetters, SyncOptions
@@ -278,7 +288,7 @@ def test_a_flush_reads_whole_entries_up_to_its_limit_and_leaves_the_rest_waiting
     outbox = new_outbox(aws_stack, clock)
     for seq in (1, 2, 3):
         outbox.append("a", adds(emails(seq * 10_000, seq * 10_000 + 4_500)), "Cart", queued=START)
-    read, complete = outbox.oldest("a", max_identifiers=6_000)
+    read, complete = outbox.oldest("a", "", max_identifiers=6_000)
     # Whole entries (both parts of each), stopping once the limit is reached: memory stays bounded.
     assert [s.sk for s in read] == ["000000000001#0000", "000000000001#0001", "000000000002#0000", "000000000002#0001"]
     assert not complete
@@ -371,9 +381,113 @@ def test_an_emptied_audience_item_expires_and_its_numbering_goes_on(aws_stack: S
     [summary] = outbox.waiting()
     read = outbox.entries("a")
     assert outbox.finish(summary, Outcome(read, carry=None, counts_before=stored_counts(read)))
-    assert outbox.waiting() == [] and float(item()["ttl"]["N"]) == pytest.approx(START + 3600, abs=2)
+    # It expires a day after the entries written before it (two weeks): numbering and cursor go on meanwhile.
+    expiry = float(item()["ttl"]["N"])
+    assert outbox.waiting() == [] and expiry == pytest.approx(START + SUMMARY_KEPT_SECONDS, abs=2)
+    assert all(expiry - 86_400 >= ttl for ttl in entry_expiries(aws_stack))
     outbox.append("a", adds({email(2)}), "Cart", queued=START)
     assert "ttl" not in item() and [s.seq for s in outbox.entries("a")] == [f"{2:012d}"]
+
+
+def entry_expiries(stack: Stack) -> list[float]:
+    """The `ttl` of every outbox entry."""
+    items = stack.aws.client("dynamodb").scan(TableName=stack.aws.ledger_table)["Items"]
+    return [float(item["ttl"]["N"]) for item in items if item["pk"]["S"].startswith("out#")]
+
+
+def test_flushed_entries_are_left_to_expire_behind_the_cursor_not_deleted(aws_stack: Stack) -> None:
+    # A delete is billed like a write: deleting every entry flushed was 5% of the bill at 100k/2000 steady.
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", adds(emails(0, 3)), "Cart", queued=START)
+    outbox.append("a", removes({email(0)}), "Cart", queued=START)
+    [summary] = outbox.waiting()
+    assert outbox.finish(summary, Outcome(outbox.entries("a"), carry=None, counts_before={ADD_EMAIL: 3}))
+    assert sorted(entry_expiries(aws_stack)) == pytest.approx([START + ENTRY_KEPT_SECONDS] * 2, abs=5)
+    assert outbox.entries("a") == []  # behind the cursor: never read again
+    outbox.append("a", adds({email(0)}), "Cart", queued=START + 5)
+    [summary] = outbox.waiting()
+    assert [s.entry for s in outbox.entries("a")] == [adds({email(0)})] and summary.counts == {ADD_EMAIL: 1}
+    # Two weeks on, DynamoDB deletes them, for free; those past their time but not deleted yet are not read.
+    clock.advance(ENTRY_KEPT_SECONDS + 60)
+    assert outbox.entries("a") == []
+    expire_items(aws_stack, clock())
+    assert entry_expiries(aws_stack) == []
+
+
+def test_entries_an_earlier_version_wrote_without_expiry_are_deleted_once_flushed(aws_stack: Stack) -> None:
+    # Before the cursor, flushed entries were deleted and written without `ttl`: left behind the cursor, those
+    # waiting at the upgrade would be kept forever.
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", adds(emails(0, 2)), "Cart", queued=START)
+    table, name = aws_stack.aws.client("dynamodb"), aws_stack.aws.ledger_table
+    key = {"pk": {"S": "out#a"}, "sk": {"S": f"{1:012d}#0000"}}
+    table.update_item(TableName=name, Key=key, UpdateExpression="REMOVE #t", ExpressionAttributeNames={"#t": "ttl"})
+    outbox.append("a", removes({email(0)}), "Cart", queued=START)
+    [summary] = outbox.waiting()
+    assert outbox.finish(summary, Outcome(outbox.entries("a"), carry=None, counts_before=summary.counts))
+    assert "Item" not in table.get_item(TableName=name, Key=key, ConsistentRead=True)
+    assert entry_expiries(aws_stack) == pytest.approx([START + ENTRY_KEPT_SECONDS], abs=5)  # the other stays
+
+
+def test_an_expired_summary_starts_its_numbering_again_without_reading_entries_it_had_flushed(
+    aws_stack: Stack,
+) -> None:
+    # The emptied item expires after every entry written before it; DynamoDB may take days to delete either,
+    # so entries past their time can still be there when numbering starts again at 1 with no cursor.
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", adds({email(1)}), "Cart", queued=START)
+    [summary] = outbox.waiting()
+    assert outbox.finish(summary, Outcome(outbox.entries("a"), carry=None, counts_before={ADD_EMAIL: 1}))
+    clock.advance(SUMMARY_KEPT_SECONDS + 60)
+    table = aws_stack.aws.client("dynamodb")
+    table.delete_item(TableName=aws_stack.aws.ledger_table, Key={"pk": {"S": "outbox"}, "sk": {"S": "a"}})
+    outbox.append("a", removes({email(2)}), "Cart", queued=clock())
+    outbox.append("a", removes({email(3)}), "Cart", queued=clock())  # seq 2: the old entry 1 was replaced
+    assert net(s.entry for s in outbox.entries("a")) == removes({email(2), email(3)})
+
+
+def test_a_carry_read_and_carried_again_stays_before_later_entries(aws_stack: Stack) -> None:
+    # A carry sorts after the entries it replaces; one written after reading a carry must sort after that one.
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("a", adds(emails(0, 4)), "Cart", queued=START)
+    for carried in (emails(1, 4), emails(2, 4), emails(3, 4)):  # each flush sends one and carries the rest
+        [summary] = outbox.waiting()
+        read = outbox.entries("a")
+        assert not outbox.finish(summary, Outcome(read, carry=adds(carried), counts_before=stored_counts(read)))
+        assert [s.entry for s in outbox.entries("a")] == [adds(carried)]
+    outbox.append("a", removes({email(3)}), "Cart", queued=START + 1)
+    assert [(s.sk[12:], s.entry) for s in outbox.entries("a")] == [
+        ("#d0000030000", adds({email(3)})),
+        ("#0000", removes({email(3)})),
+    ]
+    assert [carry_key("000000000007#0003", 0), carry_key("000000000007#c0001", 1)] == [
+        "000000000007#d0000010000",
+        "000000000007#d0000010001",
+    ]  # (`c`: an earlier version's carries)
+    assert "000000000007#c0001" < carry_key("000000000007#c0001", 0) < "000000000008#0000"
+
+
+def test_entries_waiting_for_days_are_written_again_before_they_would_expire(aws_stack: Stack) -> None:
+    # Flushed entries are left to expire: entries that wait (a paused audience) must outlive their expiry.
+    clock = Clock()
+    outbox = new_outbox(aws_stack, clock)
+    outbox.append("paused", adds(emails(0, 3)), "Paused", queued=START)
+    flusher = new_flusher(aws_stack, FlushPolicy(interval_seconds=60, calls_per_minute=6000), clock, burst=100)
+    flusher.config = lambda: parse('{"audiences": {"paused": {"paused": true}}}')
+    for _ in range(3):  # a pass every 6 days (whatever ran between): 18 days, past the entries' two weeks
+        flusher.tick()
+        clock.advance(6 * 86_400)
+        expire_items(aws_stack, clock())
+    assert aws_stack.criteo.count("patch") == 0
+    [summary] = outbox.waiting()
+    assert summary.kept == pytest.approx(START + 12 * 86_400, abs=60)  # written again at the third pass
+    flusher.config = AudienceConfig  # resumed
+    flusher.tick()
+    assert aws_stack.members("paused") == emails(0, 3)
 
 
 def test_a_group_item_never_expires_so_its_numbering_and_cursor_go_on(aws_stack: Stack) -> None:

@@ -34,7 +34,15 @@ from audience_sync.inbox import GroupWaiting, Inbox
 from audience_sync.ledger import Ledger
 from audience_sync.moves import MOVED, Moves
 from audience_sync.observability import logger
-from audience_sync.outbox import MAX_IDENTIFIERS_PER_FLUSH, Outbox, Outcome, Waiting, forgotten, stored_counts
+from audience_sync.outbox import (
+    MAX_IDENTIFIERS_PER_FLUSH,
+    REFRESH_SECONDS,
+    Outbox,
+    Outcome,
+    Waiting,
+    forgotten,
+    stored_counts,
+)
 from audience_sync.plan import MAX_IDENTIFIERS_PER_PATCH, PatchPlan, calls_needed, net, patches, remainder
 from audience_sync.records import ADD, Parked, pack_parked
 from audience_sync.sync import SAFETY_SECONDS, DeadLetters, SyncOptions
@@ -156,6 +164,7 @@ class Flusher:
         due_after = max(self.policy.interval_seconds, min(backlogs.values(), default=0.0))
         inbox_groups = self._gather(groups, now - last_change, due_after, report)
         every, waiting, backlogs = self._outbox()  # with what the gathering wrote
+        self._refresh(every, now, report)
         ready = [
             (w, mode)
             for w in waiting
@@ -238,6 +247,20 @@ class Flusher:
             left -= emptied
         return left
 
+    def _refresh(self, every: list[Waiting], now: float, report: FlushReport) -> None:
+        """Write again the entries of the audiences whose changes have waited REFRESH_SECONDS (Outbox.refresh):
+        flushed entries expire instead of being deleted, and these must not."""
+        for waiting in every:
+            if now - waiting.kept < REFRESH_SECONDS or self.seconds_left() < SAFETY_SECONDS:
+                continue
+            try:
+                self.outbox.refresh(waiting)
+            except DependencyUnavailable as error:  # written again at the next pass
+                logger.warning("outbox unavailable", extra={"reason": str(error)})
+                report.counts["dependency_errors"] += 1
+                return
+            logger.info("outbox entries written again to outlive their wait", extra={"audience": waiting.audience_key})
+
     def _keep(self, written: list[Waiting]) -> None:
         """Keep the summaries of audiences a gathering wrote (as the appends returned them) in place of theirs."""
         if self._summaries is not None:
@@ -268,7 +291,7 @@ class Flusher:
         return report
 
     def _send(self, advertiser: Advertiser, waiting: Waiting, mode: str, report: FlushReport) -> None:
-        read, complete = self.outbox.oldest(waiting.audience_key)
+        read, complete = self.outbox.oldest(waiting.audience_key, waiting.cursor)
         plans = patches(waiting.audience_key, net(s.entry for s in read))
         types = self._settings(waiting).identifier_types
         # Adds of types the audience does not send are dropped; removes always go (they may be in Criteo).

@@ -10,7 +10,8 @@ per flush interval. Items in the ledger's table:
 - (`in#<group>`, `<seq>#<part>`): an entry (`d`: zlib-compressed JSON, per audience `{"r": {type: [ids]},
   "a": ..., "n": its display name, "q": when its oldest change was queued}`), split at 4,000 identifiers.
   Gathered entries are not deleted (a delete is billed like a write): the group's cursor moves past them, and
-  they expire after ENTRY_KEPT_SECONDS, which DynamoDB does for free;
+  they expire after ENTRY_KEPT_SECONDS, which DynamoDB does for free (the flusher gathers every group within
+  minutes to hours, unless it could not run for that long: the outbox_oldest_seconds alarm fires long before);
 - (`inbox`, `<group>`): the group's lease (`owner`, `expires`, `synced`; `seq`, one more at every taking,
   orders its entries, so they are in the order the ledger applied them), what waits: `first` (oldest change
   queued; absent: nothing waits) and `last` (last append), and `gathered`, the sort key of the last entry
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from audience_sync.errors import DependencyUnavailable
 from audience_sync.outbox import (
+    ENTRY_KEPT_SECONDS,
     MAX_IDENTIFIERS_PER_FLUSH,
     MAX_IDENTIFIERS_PER_ITEM,
     Outbox,
@@ -48,9 +50,6 @@ if TYPE_CHECKING:
 GROUPS = 8
 INBOX = "inbox"
 ENTRIES = "in#"
-# Kept this long after they were written, gathered or not: the flusher gathers every group within minutes to
-# hours, unless it could not run for this long (the outbox_oldest_seconds alarm fires long before).
-ENTRY_KEPT_SECONDS = 14 * 24 * 3600
 
 
 def group_of(audience_key: str) -> str:

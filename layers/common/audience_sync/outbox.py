@@ -4,13 +4,18 @@ The flusher gathers them from the inbox (inbox.py: one entry per group of audien
 entry per audience and gathering, nets an audience's entries and sends them when the group is worth a call
 (docs/design.md, "Fewest calls"). The flusher is the outboxes' only writer. Items in the ledger's table:
 - (`out#<audience>`, `<seq>#<part>`): an entry (`d`: zlib-compressed JSON `{"r": {type: [ids]}, "a": ...}`,
-  `q`: when its oldest change was queued);
-- (`outbox`, `<audience>`): the audience's item. `seq`, one more at every append, orders its entries; what is
-  waiting: `first` (oldest change queued; absent: nothing waits), `last` (last append), `name` (Segment's
-  display name), `n_<op>_<type>` (identifiers appended, an upper bound), `fails` and `retry` (backoff after a
-  failed call); `segment_id` and `segment_name`, the Criteo segment the flusher last sent the audience to (a new
-  name in the settings renames it), `lookalike_id`, and the `advertiser` whose account they are in. The item
-  never expires while something waits (`seq` must keep growing); emptied, it expires after an hour.
+  `q`: when its oldest change was queued). Flushed entries are not deleted (a delete is billed like a write):
+  the audience's cursor moves past them, and they expire ENTRY_KEPT_SECONDS after they were written, which
+  DynamoDB does for free. Entries that wait that long (a paused audience, an advertiser without credentials)
+  are written again with a new expiry every REFRESH_SECONDS;
+- (`outbox`, `<audience>`): the audience's item. `seq`, one more at every append, orders its entries, and
+  `cursor` is the sort key of the last entry flushed; what is waiting: `first` (oldest change queued; absent:
+  nothing waits), `last` (last append), `kept` (when the oldest entry waiting was written or written again),
+  `name` (Segment's display name), `n_<op>_<type>` (identifiers appended, an upper bound), `fails` and `retry`
+  (backoff after a failed call); `segment_id` and `segment_name`, the Criteo segment the flusher last sent the
+  audience to (a new name in the settings renames it), `lookalike_id`, and the `advertiser` whose account they
+  are in. The item never expires while something waits; emptied, it expires SUMMARY_KEPT_SECONDS later, after
+  every entry written before it (`seq` and `cursor` must not start again below entries that are kept).
 - (`segment`, `<audience>`): the same segment attributes, kept without expiry (written only when they change),
   so an audience idle for days is still renamed, not sent to a new segment.
 """
@@ -19,21 +24,25 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from audience_sync.audience_config import DEFAULT_ADVERTISER
 from audience_sync.plan import Entry
 from audience_sync.records import REMOVE
-from audience_sync.table import LEASE_KEPT_SECONDS, Item, Table
+from audience_sync.table import Item, Table
 
 SUMMARIES = "outbox"
+REFRESH_PAGE_ITEMS = 100  # entries written again per BatchWriteItem round
 SEGMENTS = "segment"
 SEGMENT_ATTRIBUTES = ("segment_id", "segment_name", "lookalike_id", "advertiser")
 ENTRIES = "out#"
 MAX_IDENTIFIERS_PER_ITEM = 4_000  # ~260 KB of hashed emails before compression: under DynamoDB's 400 KB
 MAX_IDENTIFIERS_PER_FLUSH = 500_000  # read by one flush of an audience (~150 MB decoded): ten full PATCHes
+ENTRY_KEPT_SECONDS = 14 * 24 * 3600  # an entry (of the outbox or the inbox) expires this long after it is written
+SUMMARY_KEPT_SECONDS = ENTRY_KEPT_SECONDS + 24 * 3600  # an emptied item outlives the entries written before it
+REFRESH_SECONDS = 7 * 24 * 3600  # entries waiting this long are written again, with a new expiry
 Group = tuple[str, str]  # (operation, identifier type)
 
 
@@ -54,6 +63,8 @@ class Waiting:
     lookalike_id: str = ""  # the lookalike segment seeded from it, once created
     advertiser: str = DEFAULT_ADVERTISER  # whose account those segments are in
     emptied: bool = False  # a flush left nothing waiting (the item no longer counts as waiting)
+    cursor: str = ""  # the sort key of the last entry flushed: those after it wait
+    kept: float = 0.0  # when the oldest entry waiting was written (or written again)
     unsaved: dict[str, str] = field(default_factory=dict)  # segment attributes the item gets at the flush's update
 
 
@@ -64,6 +75,7 @@ class Stored:
     sk: str
     entry: Entry
     queued: float
+    expires: bool = True  # False: written by a version before the cursor, deleted once flushed
 
     @property
     def seq(self) -> str:
@@ -150,8 +162,8 @@ class Outbox(Table):
             return None
         adds, names, values = _counting(entry.counts())
         values.update({":q": {"N": f"{queued:.3f}"}, ":now": {"N": f"{self.clock():.3f}"}, ":one": {"N": "1"}})
-        names.update({"#first": "first", "#last": "last", "#t": "ttl"})
-        summary = "SET #first = if_not_exists(#first, :q), #last = :now"
+        names.update({"#first": "first", "#last": "last", "#t": "ttl", "#k": "kept"})
+        summary = "SET #first = if_not_exists(#first, :q), #last = :now, #k = if_not_exists(#k, :now)"
         if name:  # (a move's entries have none: the one Segment sent stays)
             values[":name"], names["#name"] = {"S": name}, "name"
             summary += ", #name = :name"
@@ -161,16 +173,21 @@ class Outbox(Table):
         seq = int(item["seq"]["N"])
         self._put(
             [
-                {
-                    "pk": {"S": ENTRIES + audience_key},
-                    "sk": {"S": f"{seq:012d}#{index:04d}"},
-                    "d": {"B": encode(part)},
-                    "q": {"N": f"{queued:.3f}"},
-                }
+                self._entry(audience_key, f"{seq:012d}#{index:04d}", part, queued)
                 for index, part in enumerate(split(entry))
             ]
         )
         return _waiting(item)
+
+    def _entry(self, audience_key: str, sk: str, entry: Entry, queued: float) -> Item:
+        """An entry's item, expiring ENTRY_KEPT_SECONDS from now."""
+        return {
+            "pk": {"S": ENTRIES + audience_key},
+            "sk": {"S": sk},
+            "d": {"B": encode(entry)},
+            "q": {"N": f"{queued:.3f}"},
+            "ttl": {"N": str(int(self.clock()) + ENTRY_KEPT_SECONDS)},
+        }
 
     def waiting(self) -> list[Waiting]:
         """Every audience with something waiting. Eventually consistent (half the read units): a summary a
@@ -178,17 +195,21 @@ class Outbox(Table):
         return [_waiting(item) for item in self._query(SUMMARIES, consistent=False) if "first" in item]
 
     def entries(self, audience_key: str) -> list[Stored]:
-        """All of an audience's entries, oldest first."""
-        return self.oldest(audience_key, max_identifiers=-1)[0]
+        """All of an audience's entries waiting (after its cursor), oldest first."""
+        items = self._get([(SUMMARIES, audience_key)])
+        cursor = items[0].get("cursor", {}).get("S", "") if items else ""
+        return self.oldest(audience_key, cursor, max_identifiers=-1)[0]
 
-    def oldest(self, audience_key: str, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH) -> tuple[list[Stored], bool]:
-        """An audience's oldest entries, whole (every part of each), until they hold `max_identifiers` (-1: no
-        limit), and whether that is all of them: a flush's memory stays bounded however long Criteo was away;
-        the rest wait for the next pass."""
+    def oldest(
+        self, audience_key: str, cursor: str, max_identifiers: int = MAX_IDENTIFIERS_PER_FLUSH
+    ) -> tuple[list[Stored], bool]:
+        """An audience's oldest entries after `cursor` (its summary's), whole (every part of each), until they
+        hold `max_identifiers` (-1: no limit), and whether that is all of them: a flush's memory stays bounded
+        however long Criteo was away; the rest wait for the next pass."""
         read: list[Stored] = []
         held = 0
-        for item in self._items(ENTRIES + audience_key):
-            stored = Stored(item["sk"]["S"], decode(item["d"]["B"]), float(item["q"]["N"]))
+        for item in self._waiting_items(audience_key, cursor):
+            stored = Stored(item["sk"]["S"], decode(item["d"]["B"]), float(item["q"]["N"]), "ttl" in item)
             if 0 <= max_identifiers <= held and stored.seq != read[-1].seq:
                 return read, False
             read.append(stored)
@@ -196,56 +217,68 @@ class Outbox(Table):
         return read, True
 
     def finish(self, waiting: Waiting, outcome: Outcome) -> bool:
-        """Replace the entries read by the carry (written after them and before any entry appended since),
-        then update the summary: dropped when nothing was appended meanwhile and nothing is
+        """Move the audience's cursor past the entries read, the carry written after them (and before any entry
+        appended since), in the summary's update: dropped when nothing was appended meanwhile and nothing is
         carried, else the counts corrected. `waiting` is kept in step with the item (the flusher keeps the
         summaries it read). True when nothing waits for the audience any more."""
         queued = min((stored.queued for stored in outcome.read), default=self.clock())
-        carried: list[Item] = []
+        cursor = outcome.read[-1].sk if outcome.read else waiting.cursor
         if outcome.carry:
-            # After the entries read (same sequence number, `c` sorts after the digits of their parts) and
-            # before any appended since (higher sequence numbers); in parts, like any entry.
-            seq = outcome.read[-1].seq
-            carried = [
-                {
-                    "pk": {"S": ENTRIES + waiting.audience_key},
-                    "sk": {"S": f"{seq}#c{index:04d}"},
-                    "d": {"B": encode(part)},
-                    "q": {"N": f"{queued:.3f}"},
-                }
-                for index, part in enumerate(split(outcome.carry))
-            ]
-            self._put(carried)
-        rewritten = {item["sk"]["S"] for item in carried}
-        self._delete((ENTRIES + waiting.audience_key, s.sk) for s in outcome.read if s.sk not in rewritten)
+            parts = enumerate(split(outcome.carry))
+            self._put([self._entry(waiting.audience_key, carry_key(cursor, i), part, queued) for i, part in parts])
+        self._delete((ENTRIES + waiting.audience_key, s.sk) for s in outcome.read if not s.expires)
+        moved = {":cursor": {"S": cursor}, **_values(waiting.unsaved)}
+        names = {"#cur": "cursor", **_names(waiting.unsaved)}
         if not outcome.carry and outcome.complete:
-            # Nothing waits unless something was appended meanwhile; the item stays (its `seq` with it) and
-            # starts to expire.
-            ttl = str(int(self.clock()) + LEASE_KEPT_SECONDS)
-            unchanged = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": ttl}, **_values(waiting.unsaved)}
-            cleared = {"#first": "first", "#last": "last", "#t": "ttl", **_names(waiting.unsaved)}
-            removed = ", ".join(("#first", "fails", "retry", *waiting.counters))
-            expression = f"SET #t = :ttl{_setting(waiting.unsaved)} REMOVE {removed}"
+            # Nothing waits unless something was appended meanwhile; the item stays (its `seq` and cursor with
+            # it) and starts to expire.
+            ttl = str(int(self.clock()) + SUMMARY_KEPT_SECONDS)
+            unchanged = {":last": {"N": f"{waiting.last:.3f}"}, ":ttl": {"N": ttl}, **moved}
+            cleared = {"#first": "first", "#last": "last", "#t": "ttl", "#k": "kept", **names}
+            removed = ", ".join(("#first", "fails", "retry", "#k", *waiting.counters))
+            expression = f"SET #t = :ttl, #cur = :cursor{_setting(waiting.unsaved)} REMOVE {removed}"
             if self._update_item(waiting.audience_key, expression, unchanged, cleared, "#last = :last") is not None:
-                waiting.emptied, waiting.unsaved = True, {}
+                waiting.emptied, waiting.unsaved, waiting.cursor = True, {}, cursor
                 return True
         carry_counts = outcome.carry.counts() if outcome.carry else {}
         groups = set(carry_counts) | set(outcome.counts_before)
         delta = {group: carry_counts.get(group, 0) - outcome.counts_before.get(group, 0) for group in groups}
-        adds, names, values = _counting(delta)
+        adds, counted, values = _counting(delta)
         # The oldest change still waiting: the carry's; else (approximately) the first left unread; else one
         # appended during this flush, queued no later than now.
         oldest = queued if outcome.carry else outcome.read[-1].queued if not outcome.complete else self.clock()
-        values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}, **_values(waiting.unsaved)})
-        names.update({"#first": "first", **_names(waiting.unsaved)})
-        expression = f"SET #first = :q, fails = :zero{_setting(waiting.unsaved)} {adds}"
+        values.update({":q": {"N": f"{oldest:.3f}"}, ":zero": {"N": "0"}, **moved})
+        names.update({"#first": "first", **counted})
+        expression = f"SET #first = :q, fails = :zero, #cur = :cursor{_setting(waiting.unsaved)} {adds}"
         self._update_item(waiting.audience_key, expression, values, names)
-        waiting.unsaved = {}
+        waiting.unsaved, waiting.cursor = {}, cursor
         counts = {group: waiting.counts.get(group, 0) + delta.get(group, 0) for group in {*waiting.counts, *delta}}
         waiting.counts = {group: n for group, n in counts.items() if n > 0}
         waiting.counters = tuple(sorted({*waiting.counters, *map(_counter, delta)}))
         waiting.first, waiting.fails = float(f"{oldest:.3f}"), 0
         return False
+
+    def refresh(self, waiting: Waiting) -> None:
+        """Write the audience's waiting entries again, as they are, with a new expiry (its changes have waited
+        REFRESH_SECONDS: its flushes are paused, or its advertiser's credentials can't be read), then note it."""
+        now = self.clock()
+        page: list[Item] = []
+        for item in self._waiting_items(waiting.audience_key, waiting.cursor):
+            page.append({**item, "ttl": {"N": str(int(now) + ENTRY_KEPT_SECONDS)}})
+            if len(page) == REFRESH_PAGE_ITEMS:
+                self._put(page)
+                page = []
+        self._put(page)
+        self._update_item(waiting.audience_key, "SET #k = :now", {":now": {"N": f"{now:.3f}"}}, {"#k": "kept"})
+        waiting.kept = float(f"{now:.3f}")
+
+    def _waiting_items(self, audience_key: str, cursor: str) -> Iterator[Item]:
+        """The entries after `cursor`, oldest first, without those past their expiry (DynamoDB deletes them up to
+        days later, and a summary that expired meanwhile starts its numbering again)."""
+        now = self.clock()
+        for item in self._items(ENTRIES + audience_key, after=cursor):
+            if "ttl" not in item or float(item["ttl"]["N"]) > now:
+                yield item
 
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
         """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`,
@@ -314,6 +347,15 @@ def _values(attributes: dict[str, str]) -> dict[str, Any]:
     return {f":s{i}": {"S": value} for i, value in enumerate(attributes.values())}
 
 
+def carry_key(after: str, index: int) -> str:
+    """The sort key of part `index` of a carry written after the entry `after`: after it (`d` sorts after the
+    digits of its parts and an earlier version's `c` carries; a carry read again gets the next generation) and
+    before any entry appended since (a higher sequence number)."""
+    seq, _, part = after.partition("#")
+    generation = int(part[1:7]) + 1 if part.startswith("d") else 1
+    return f"{seq}#d{generation:06d}{index:04d}"
+
+
 def forgotten(advertiser: str) -> dict[str, str]:
     """The segment attributes of an audience moved to `advertiser`: its segments there are not known yet."""
     return {"advertiser": advertiser, "segment_id": "", "segment_name": "", "lookalike_id": ""}
@@ -345,6 +387,8 @@ def _waiting(item: Item) -> Waiting:
         segment_name=item.get("segment_name", {}).get("S", ""),
         lookalike_id=item.get("lookalike_id", {}).get("S", ""),
         advertiser=item.get("advertiser", {}).get("S", DEFAULT_ADVERTISER),
+        cursor=item.get("cursor", {}).get("S", ""),
+        kept=float((item.get("kept") or item["last"])["N"]),  # (an item an earlier version wrote: its last append)
     )
 
 
