@@ -34,7 +34,6 @@ from audience_sync.records import REMOVE
 from audience_sync.table import Item, Table
 
 SUMMARIES = "outbox"
-REFRESH_PAGE_ITEMS = 100  # entries written again per BatchWriteItem round
 SEGMENTS = "segment"
 SEGMENT_ATTRIBUTES = ("segment_id", "segment_name", "lookalike_id", "advertiser")
 ENTRIES = "out#"
@@ -43,6 +42,7 @@ MAX_IDENTIFIERS_PER_FLUSH = 500_000  # read by one flush of an audience (~150 MB
 ENTRY_KEPT_SECONDS = 14 * 24 * 3600  # an entry (of the outbox or the inbox) expires this long after it is written
 SUMMARY_KEPT_SECONDS = ENTRY_KEPT_SECONDS + 24 * 3600  # an emptied item outlives the entries written before it
 REFRESH_SECONDS = 7 * 24 * 3600  # entries waiting this long are written again, with a new expiry
+REFRESH_PAGE_ITEMS = 100  # entries written again per round of batch writes
 Group = tuple[str, str]  # (operation, identifier type)
 
 
@@ -190,9 +190,9 @@ class Outbox(Table):
         }
 
     def waiting(self) -> list[Waiting]:
-        """Every audience with something waiting. Eventually consistent (half the read units): a summary a
-        moment old only delays a flush, and what a flush does with it is conditional on the item as it is."""
-        return [_waiting(item) for item in self._query(SUMMARIES, consistent=False) if "first" in item]
+        """Every audience with something waiting. Strongly consistent: a flush reads the entries after the
+        summary's cursor, and a cursor a moment old would send again what the last flush sent."""
+        return [_waiting(item) for item in self._query(SUMMARIES) if "first" in item]
 
     def entries(self, audience_key: str) -> list[Stored]:
         """All of an audience's entries waiting (after its cursor), oldest first."""
