@@ -109,6 +109,12 @@ class Folded:
         """Users gaining identifiers: saved before the entry is stored (see `AudienceSync._apply_group`)."""
         return {u: self.changed[u] for u, (added, _) in self.differences.items() if added and u in self.changed}
 
+    @property
+    def behind(self) -> dict[str, Membership]:
+        """The other users changed: saved after the entry is stored."""
+        ahead = self.ahead
+        return {u: s for u, s in self.changed.items() if u not in ahead}
+
 
 class AudienceSync:
     """Applies a batch of packed change records to the ledger and the inbox."""
@@ -461,9 +467,7 @@ class AudienceSync:
                 slices[audience_key] = Slice(entry, self._display_name(fold.users) or "", queued)
         try:
             appended: Appended | None = self.inbox.append(group, seq, slices) if slices else None
-            self.ledger.save_memberships(
-                {a: {u: s for u, s in fold.changed.items() if u not in fold.ahead} for a, fold in folded.items()}
-            )
+            self.ledger.save_memberships({a: fold.behind for a, fold in folded.items()})
             self.inbox.release(group, appended)
         except DependencyUnavailable:
             self.ledger.save_memberships({a: {u: fold.befores[u] for u in fold.changed} for a, fold in folded.items()})
