@@ -276,9 +276,11 @@ def simulate(
     drain = run.drained_at - run.last_arrival
     last_window_minutes = windows.last_window_patches / BUDGET_PER_MINUTE
     billed = table.billed
-    # Identifiers Criteo holds that the stream says it must not / lacks that it must (the streams held in memory).
-    wrong_lost = () if on_disk else membership_errors(criteo_emulator, peer_input)
-    exactness = dict(zip(("wrong", "lost"), wrong_lost, strict=True))
+    # Identifiers Criteo holds that the stream says it must not / lacks that it must (the streams held in memory;
+    # a stream on disk keeps no copy of itself to check against).
+    exactness = (
+        {} if on_disk else dict(zip(("wrong", "lost"), membership_errors(criteo_emulator, peer_input), strict=True))
+    )
     if any(exactness.values()):
         raise RuntimeError(f"{spec.label}: Criteo's segments are not what the stream says ({exactness})")
     return {
