@@ -283,17 +283,20 @@ class Outbox(Table):
     def remember(self, audience_key: str, attributes: dict[str, str]) -> None:
         """Note string attributes of the audience's Criteo segments (`segment_id`, `segment_name`, `lookalike_id`,
         `advertiser`), on its item and on its segment record (which does not expire)."""
-        expression = "SET" + _setting(attributes)[1:]
-        self._update_item(audience_key, expression, _values(attributes), _names(attributes))
-        self._update_item(audience_key, expression, _values(attributes), _names(attributes), None, pk=SEGMENTS)
+        self._update_item(audience_key, "SET" + _setting(attributes)[1:], _values(attributes), _names(attributes))
+        self._record(audience_key, attributes)
 
     def remember_at_finish(self, waiting: Waiting, attributes: dict[str, str]) -> None:
         """`remember` during a flush: the segment record is written now, the item gets the attributes with the
         flush's own update of it (`finish`, `failed`) instead of a write of their own (a flush that dies before
         leaves the item without them, and `recall` reads them from the record)."""
-        expression = "SET" + _setting(attributes)[1:]
-        self._update_item(waiting.audience_key, expression, _values(attributes), _names(attributes), None, SEGMENTS)
+        self._record(waiting.audience_key, attributes)
         waiting.unsaved.update(attributes)
+
+    def _record(self, audience_key: str, attributes: dict[str, str]) -> None:
+        """Write segment attributes to the audience's segment record (created if absent)."""
+        expression = "SET" + _setting(attributes)[1:]
+        self._update_item(audience_key, expression, _values(attributes), _names(attributes), None, SEGMENTS)
 
     def remembered(self, audiences: Iterable[str]) -> dict[str, dict[str, str]]:
         """The segment records of these audiences (those that have one): attribute -> value."""
