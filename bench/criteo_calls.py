@@ -46,7 +46,7 @@ from bench.servers import new_emulator
 from bench.streams import EVENTS_PER_SEGMENT_REQUEST, StreamSpec, cut_batches, minimum_calls, stream, sync_batches
 from devtools.criteo_emulator import CriteoEmulator
 from devtools.local_aws import DEV_CRITEO
-from devtools.minimum import PairState, WindowMinimum
+from devtools.minimum import WindowMinimum
 from devtools.template import load_template
 
 BUDGET_PER_MINUTE = 200  # the template's CriteoCallsPerMinute
@@ -276,11 +276,9 @@ def simulate(
     drain = run.drained_at - run.last_arrival
     last_window_minutes = windows.last_window_patches / BUDGET_PER_MINUTE
     billed = table.billed
-    # Identifiers Criteo holds that the stream says it must not / lacks that it must (the streams held in memory;
-    # a stream on disk keeps no copy of itself to check against).
-    exactness = (
-        {} if on_disk else dict(zip(("wrong", "lost"), membership_errors(criteo_emulator, peer_input), strict=True))
-    )
+    # Identifiers Criteo holds that the stream says it must not / lacks that it must, from the whole-stream
+    # minimum's per-(audience, user) states (on disk for the 10M streams).
+    exactness = dict(zip(("wrong", "lost"), membership_errors(criteo_emulator, whole), strict=True))
     if any(exactness.values()):
         raise RuntimeError(f"{spec.label}: Criteo's segments are not what the stream says ({exactness})")
     return {
@@ -318,15 +316,12 @@ def simulate(
     }
 
 
-def membership_errors(criteo_emulator: CriteoEmulator, changes: list[AudienceChange]) -> tuple[int, int]:
-    """What the segments hold against what the stream says Criteo must hold (devtools.minimum's rules, not the
-    ledger's code): identifiers wrong (held, not due), lost (due, not held)."""
-    pairs: dict[tuple[str, str], PairState] = {}
-    for change in changes:
-        pairs.setdefault((change.audience_key, change.user), PairState()).add(change)
+def membership_errors(criteo_emulator: CriteoEmulator, minimum: WindowMinimum) -> tuple[int, int]:
+    """What the segments hold against what a minimum fed the whole stream says Criteo must hold
+    (devtools.minimum's rules, not the ledger's code): identifiers wrong (held, not due), lost (due, not held)."""
     expected: dict[tuple[str, str], set[str]] = {}
-    for (audience, _), state in pairs.items():
-        for id_type, identifiers in state.must_hold().items():
+    for (audience, _), held_by_user in minimum.must_hold():
+        for id_type, identifiers in held_by_user.items():
             expected.setdefault((SyncOptions().name_prefix + audience, id_type), set()).update(identifiers)
     held = {
         (name, id_type): members

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING
 
 from devtools.criteo_emulator.api import MAX_IDENTIFIERS
@@ -223,6 +223,11 @@ class WindowMinimum:
         self.windows += 1
         self.last_window_patches = self._calls
         self._sizes, self._calls = Counter(), 0
+
+    def must_hold(self) -> Iterator[tuple[Pair, Held]]:
+        """Per (audience, user) seen: what Criteo must hold after every change so far."""
+        for pair, record in self.pairs.items():
+            yield pair, record.state.must_hold()
 
     def finish(self) -> int:
         """Close the last window; the total."""
