@@ -85,7 +85,7 @@ test: lint typecheck pytest ## everything CI checks
 bench: setup ## every benchmark (hours with the 10M streams; ARGS=--max-changes 1000000: ~1 h): table, results.json, scaling.png
 	$(BIN)/python -m bench --jobs $$(nproc) $(ARGS)
 
-bench-stream: setup ## one Criteo-call stream into bench/results.json (ARGS="10000000 2000 steady": ~2 h)
+bench-stream: setup ## one Criteo-call stream into bench/results.json (ARGS="10000000 2000 steady": ~45 min, TMPDIR=/dev/shm)
 	$(BIN)/python -m bench.one_stream $(ARGS)
 
 bench-quick: setup ## the benchmarks at small sizes (what CI checks runs)

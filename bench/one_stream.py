@@ -1,6 +1,6 @@
 """`python -m bench.one_stream CHANGES AUDIENCES {burst,steady} [--into bench/results.json]`: one Criteo-call
 stream of benchmark 1, its row put into a results file (replacing that stream's row, if any), with the cost and
-the plot redone. The 10M streams take about two hours each on the 2-core machine: they are run one at a time
+the plot redone. The 10M streams take 40-60 min each on the 2-core machine (TMPDIR=/dev/shm): they are run one at a time
 this way, not in one `make bench`."""
 
 from __future__ import annotations
