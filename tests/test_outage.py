@@ -55,7 +55,9 @@ def test_a_long_criteo_outage_keeps_every_change_in_the_outbox_until_criteo_is_b
     assert reasons and all("Criteo unavailable (HTTP 503)" in reason for reason in reasons)  # the why, in the logs
 
     criteo.faults.down = False
-    assert poller.scheduled() == 0
+    # Back: the next scheduled passes send everything (one on an idle machine; a 6 s function on a loaded one
+    # may need a second: its search and creates come first).
+    assert any(poller.scheduled() == 0 for _ in range(3))
     assert stack.members("aud0") == {sha(f"user{i}@example.com") for i in range(0, 40, 2)}
     assert stack.members("aud1") == {sha(f"user{i}@example.com") for i in range(1, 40, 2)} - {sha("user3@example.com")}
 
