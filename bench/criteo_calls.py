@@ -319,10 +319,11 @@ def simulate(
 def membership_errors(criteo_emulator: CriteoEmulator, minimum: WindowMinimum) -> tuple[int, int]:
     """What the segments hold against what a minimum fed the whole stream says Criteo must hold
     (devtools.minimum's rules, not the ledger's code): identifiers wrong (held, not due), lost (due, not held)."""
+    prefix = SyncOptions().name_prefix
     expected: dict[tuple[str, str], set[str]] = {}
     for (audience, _), held_by_user in minimum.must_hold():
         for id_type, identifiers in held_by_user.items():
-            expected.setdefault((SyncOptions().name_prefix + audience, id_type), set()).update(identifiers)
+            expected.setdefault((prefix + audience, id_type), set()).update(identifiers)
     held = {
         (name, id_type): members
         for name, segment in criteo_emulator.segments().items()

@@ -32,6 +32,10 @@ def _key(key: tuple[str, ...]) -> str:
     return "\x1f".join(key)
 
 
+def _unkey(stored: str) -> tuple[str, ...]:
+    return tuple(stored.split("\x1f"))
+
+
 class DiskDict(MutableMapping[tuple[str, ...], Any]):
     """A dict of tuple-of-string keys to picklable values, on disk. Values come back as copies: store a
     value again after changing it."""
@@ -72,12 +76,12 @@ class DiskDict(MutableMapping[tuple[str, ...], Any]):
 
     def __iter__(self) -> Iterator[tuple[str, ...]]:
         for (key,) in self._db.execute("SELECT k FROM kv ORDER BY k").fetchall():
-            yield tuple(key.split("\x1f"))
+            yield _unkey(key)
 
     def items(self) -> Iterator[tuple[tuple[str, ...], Any]]:  # type: ignore[override]
         """Every (key, value), in one scan of the table (not a SELECT per key)."""
         for key, value in self._db.execute("SELECT k, v FROM kv"):
-            yield tuple(key.split("\x1f")), self._loads(value)
+            yield _unkey(key), self._loads(value)
 
     def __len__(self) -> int:
         count: int = self._db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
