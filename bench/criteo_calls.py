@@ -93,7 +93,7 @@ class Run:
     tick_invocations: int = 0  # invocations brought by a flush tick alone (its sync batch empty)
     ticks_sent: int = 0
     scheduled_invocations: int = 0
-    largest_audience_flush: int = 0
+    largest_audience_flush: int = 0  # the most identifiers one pass sent to one audience
     identifiers_sent: int = 0
 
 
@@ -183,12 +183,14 @@ def simulate(
     kept = KeptSummaries()
 
     def observed(tick: Callable[[], FlushReport]) -> FlushReport:
-        with table.unmetered():
-            waiting = outbox.waiting()
-        run.largest_audience_flush = max([run.largest_audience_flush, *(sum(w.counts.values()) for w in waiting)])
         before, logged = criteo_emulator.count("patch"), len(criteo_emulator.patch_log)
         report = tick()
-        run.patch_rounds += rounds(Counter(p["segment_id"] for p in criteo_emulator.patch_log[logged:]).values())
+        sent = criteo_emulator.patch_log[logged:]
+        run.patch_rounds += rounds(Counter(p["segment_id"] for p in sent).values())
+        per_audience = Counter[str]()
+        for patch in sent:
+            per_audience[patch["segment_id"]] += patch["valid"] + patch["invalid"]
+        run.largest_audience_flush = max([run.largest_audience_flush, *per_audience.values()])
         run.waited.extend(report.waited)
         run.identifiers_sent += report.counts["identifiers_added"] + report.counts["identifiers_removed"]
         made = criteo_emulator.count("patch") - before

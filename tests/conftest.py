@@ -101,7 +101,7 @@ class Stack:
 
     def poller(self, **kwargs: Any) -> SqsPoller:
         """An event source mapping stand-in feeding the sync handler."""
-        options = {"window_seconds": 0.2, "retry_delay_seconds": 0}
+        options: dict[str, Any] = {"window_seconds": 0.2, "retry_delay_seconds": 0}
         options.update(kwargs)
         return SqsPoller(self.aws.client("sqs"), self.aws.queue_url, self.sync.handler, **options)
 
