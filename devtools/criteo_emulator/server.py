@@ -122,6 +122,7 @@ class CriteoEmulator:
         self.apps: dict[str, tuple[str, frozenset[str]]] = {client_id: (client_secret, frozenset({advertiser_id}))}
         self.tokens_issued: Counter[str] = Counter()  # client id -> tokens handed out since the last reset
         self.calls: list[tuple[str, str, int]] = []
+        self._calls_by_kind: Counter[tuple[str, str]] = Counter()  # (method, label) -> calls: `count` in O(1)
         self.patch_log: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
         # Identifiers in PATCH requests being answered right now, and the most there were at once since the reset.
@@ -182,6 +183,7 @@ class CriteoEmulator:
         with self._log_lock:
             self.tokens_issued.clear()
             self.calls.clear()
+            self._calls_by_kind.clear()
             self.patch_log.clear()
             self.spec_violations.clear()
             self.peak_identifiers_in_flight = 0
@@ -200,7 +202,7 @@ class CriteoEmulator:
         if kind not in CALL_KINDS:
             raise ValueError(f"unknown call kind {kind!r}; one of {', '.join(CALL_KINDS)}")
         with self._log_lock:
-            return sum(1 for method, label, _ in self.calls if (method, label) == CALL_KINDS[kind])
+            return self._calls_by_kind[CALL_KINDS[kind]]
 
     def segments(self, advertiser_id: str | None = None) -> dict[str, dict[str, Any]]:
         """An advertiser's segments (default: the first app's): name -> id, type, description, members per
@@ -246,6 +248,7 @@ class CriteoEmulator:
             label = OPERATIONS[endpoint].label if endpoint in OPERATIONS else endpoint
             with self._log_lock:
                 self.calls.append((request.method, label, status))
+                self._calls_by_kind[(request.method, label)] += 1
         response = Response(json.dumps(body), status, headers, mimetype="application/json")
         if self.faults.deprecated and endpoint in OPERATIONS:
             response.headers["Deprecation"] = "true"
